@@ -1,0 +1,298 @@
+"""``open_nursery``: spawn actors, hand out portals, tear everything down."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import tempfile
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable
+
+import trio
+
+from . import _wire as w
+from ._backends import IPC_SOCK, START_METHODS, Backend, default_start_method, make_backend
+from ._errors import SpawnError
+from ._policy import Policy, load_policy
+from ._portal import ActorRef, Portal, func_ref
+
+DEFAULT_SPAWN_TIMEOUT = 30.0
+DEFAULT_GRACE = 2.0
+
+
+class _Backends:
+    """The backends of one trio run, shared by its nurseries.
+
+    The ns_forkserver backend owns a forkserver process; sharing it makes that
+    process exist once per root actor, and the last nursery to close ends it.
+    """
+
+    def __init__(self) -> None:
+        self.by_name: dict[str, Backend] = {}
+        self.users = 0
+
+    def get(self, name: str) -> Backend:
+        if name not in self.by_name:
+            self.by_name[name] = make_backend(name)
+        return self.by_name[name]
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for backend in self.by_name.values():
+                await backend.aclose()
+        self.by_name.clear()
+
+
+_RUN_BACKENDS: trio.lowlevel.RunVar[_Backends] = trio.lowlevel.RunVar("nsactor_backends")
+
+
+@asynccontextmanager
+async def _shared_backends() -> AsyncIterator[_Backends]:
+    try:
+        backends = _RUN_BACKENDS.get()
+    except LookupError:
+        backends = _Backends()
+        _RUN_BACKENDS.set(backends)
+    backends.users += 1
+    try:
+        yield backends
+    finally:
+        backends.users -= 1
+        if backends.users == 0:
+            await backends.aclose()
+
+
+def _default_policy(start_method: str) -> str:
+    return "trusted" if start_method == "trio" else "default"
+
+
+def _read_available(fd: int) -> str:
+    """Read what a dead child left in its status pipe."""
+    os.set_blocking(fd, False)
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except BlockingIOError:
+        pass
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+async def _first(*fns: Callable[[], Any]) -> tuple[int, Any]:
+    """Run the async callables concurrently; return (index, result) of the first to finish."""
+    winner: tuple[int, Any] | None = None
+    async with trio.open_nursery() as n:
+        for i, fn in enumerate(fns):
+            async def run(i: int = i, fn: Callable[[], Any] = fn) -> None:
+                nonlocal winner
+                result = await fn()
+                if winner is None:
+                    winner = (i, result)
+                n.cancel_scope.cancel()
+            n.start_soon(run)
+    assert winner is not None
+    return winner
+
+
+class ActorNursery:
+    """Spawns actors; every actor it spawns ends when the nursery block ends."""
+
+    def __init__(self, nursery: trio.Nursery, backends: _Backends, start_method: str,
+                 policy: str | os.PathLike[str] | Policy | None, grace: float) -> None:
+        self._n = nursery
+        self._backends = backends
+        self.start_method = start_method
+        self._policy = policy
+        self._grace = grace
+        self._refs: list[ActorRef] = []
+        self._oneshots: list[Portal] = []
+        self._oneshots_done = trio.Event()
+        self._oneshots_running = 0
+
+    def _resolve(self, start_method: str | None, policy: Any) -> tuple[Backend, Policy]:
+        method = start_method or self.start_method
+        backend = self._backends.get(method)
+        chosen = policy if policy is not None else self._policy
+        resolved = load_policy(chosen if chosen is not None else _default_policy(method))
+        backend.check_policy(resolved)
+        return backend, resolved
+
+    async def start_actor(
+        self,
+        name: str,
+        *,
+        enable_modules: list[str] | tuple[str, ...] = (),
+        start_method: str | None = None,
+        policy: str | os.PathLike[str] | Policy | None = None,
+        spawn_timeout: float = DEFAULT_SPAWN_TIMEOUT,
+    ) -> Portal:
+        """Spawn an actor that may run functions from ``enable_modules``; return its portal."""
+        backend, resolved = self._resolve(start_method, policy)
+        ref = await self._spawn(name, list(enable_modules), backend, resolved, spawn_timeout)
+        return Portal(ref, self._grace)
+
+    async def run_in_actor(
+        self,
+        func: str | Callable[..., Any],
+        /,
+        *,
+        name: str | None = None,
+        enable_modules: list[str] | tuple[str, ...] = (),
+        start_method: str | None = None,
+        policy: str | os.PathLike[str] | Policy | None = None,
+        **kwargs: Any,
+    ) -> Portal:
+        """Spawn an actor to run one call; ``await portal.result()`` gives its result.
+
+        The actor ends once the call returns. A failure nobody collected with
+        ``result()`` is raised when the nursery block ends.
+        """
+        fref = func_ref(func)
+        module = fref.partition(":")[0]
+        mods = list(enable_modules) + ([module] if module not in enable_modules else [])
+        portal = await self.start_actor(name or fref, enable_modules=mods, start_method=start_method, policy=policy)
+        portal._result_done = trio.Event()
+        self._oneshots.append(portal)
+        self._oneshots_running += 1
+
+        async def one_shot() -> None:
+            try:
+                portal._result = await portal.run(fref, **kwargs)
+            except Exception as exc:
+                portal._result_exc = exc
+            finally:
+                assert portal._result_done is not None
+                portal._result_done.set()
+                await portal.cancel_actor()
+                self._oneshots_running -= 1
+                if self._oneshots_running == 0:
+                    self._oneshots_done.set()
+
+        self._n.start_soon(one_shot)
+        return portal
+
+    async def _spawn(self, name: str, enable_modules: list[str], backend: Backend, policy: Policy,
+                     timeout: float) -> ActorRef:
+        ipc_dir = tempfile.mkdtemp(prefix="nsactor-")
+        path = os.path.join(ipc_dir, IPC_SOCK)
+        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        ref: ActorRef | None = None
+        try:
+            await listener.bind(path)
+            listener.listen(1)
+            backend.prepare_ipc_dir(ipc_dir, policy)
+            try:
+                proc = await backend.launch(name=name, ipc_dir=ipc_dir, policy=policy,
+                                            status_w=status_w, enable_modules=enable_modules)
+            finally:
+                os.close(status_w)
+            ref = ActorRef(name, proc, policy.limits.wall_timeout_s)
+            await self._n.start(ref.supervise)
+            self._refs.append(ref)
+
+            def died() -> SpawnError:
+                code, sig = ref.exit or (None, None)
+                how = f"killed by signal {sig}" if sig is not None else f"exited with status {code}"
+                text = _read_available(status_r) or ref.stderr.text().strip() or "(no output)"
+                return SpawnError(f"actor {name!r} {how} before it was ready:\n{text}")
+
+            with trio.move_on_after(timeout) as timer:
+                i, conn = await _first(lambda: listener.accept(), ref.exited.wait)
+                if i == 1:
+                    raise died()
+                sock = conn[0]
+                pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+                if pid != proc.pid:
+                    sock.close()
+                    raise SpawnError(f"actor {name!r}: a process other than the actor (pid {pid}, "
+                                     f"expected {proc.pid}) connected to its socket")
+                chan = w.Channel(trio.SocketStream(sock), w.ToParent, policy.ipc.max_frame_bytes)
+                hello = await chan.receive()
+                if not isinstance(hello, w.Hello):
+                    await self._await_exit(ref)
+                    raise died()
+                await chan.send(w.SpawnSpec(name=name, enable_modules=enable_modules,
+                                            max_frame_bytes=policy.ipc.max_frame_bytes))
+                ready = await chan.receive()
+                if isinstance(ready, w.Error) and ready.cid is None:
+                    raise SpawnError(f"actor {name!r} failed to boot: {ready.type}: {ready.message}\n{ready.traceback}")
+                if not isinstance(ready, w.Ready):
+                    await self._await_exit(ref)
+                    raise died()
+            if timer.cancelled_caught:
+                raise SpawnError(f"actor {name!r} was not ready within {timeout:g} s:\n{ref.stderr.text()}")
+            ref.attach(chan)
+            return ref
+        except BaseException:
+            if ref is not None:
+                ref.kill_reason = "spawn failed"
+                ref.proc.kill()
+                await self._await_exit(ref)
+            raise
+        finally:
+            listener.close()
+            os.close(status_r)
+            shutil.rmtree(ipc_dir, ignore_errors=True)
+
+    @staticmethod
+    async def _await_exit(ref: ActorRef) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await ref.exited.wait()
+
+    async def _teardown(self) -> None:
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as n:
+                for ref in self._refs:
+                    n.start_soon(ref.shutdown, self._grace)
+            for ref in self._refs:
+                ref.stop_supervising()
+
+    def _unseen_failure(self) -> BaseException | None:
+        for p in self._oneshots:
+            if p._result_exc is not None and not p._result_seen:
+                return p._result_exc
+        return None
+
+
+@asynccontextmanager
+async def open_nursery(
+    start_method: str | None = None,
+    *,
+    policy: str | os.PathLike[str] | Policy | None = None,
+    grace: float = DEFAULT_GRACE,
+) -> AsyncIterator[ActorNursery]:
+    """Open an actor nursery.
+
+    ``start_method`` is per nursery (default: ``$NSACTOR_START_METHOD``, else
+    ``"ns_forkserver"``) and can be overridden per actor. ``policy`` is the
+    default policy of its actors (default: ``"trusted"`` for the ``"trio"``
+    backend, ``"default"`` otherwise). When the block ends, one-shot actors
+    are awaited, then every actor gets CancelActor and, after ``grace``
+    seconds, SIGKILL; an exception or cancellation skips the waiting.
+    """
+    method = start_method or default_start_method()
+    if method not in START_METHODS:
+        raise ValueError(f"unknown start_method {method!r}; choose one of {', '.join(START_METHODS)}")
+    body_exc: BaseException | None = None
+    async with _shared_backends() as backends:
+        async with trio.open_nursery() as n:
+            an = ActorNursery(n, backends, method, policy, grace)
+            try:
+                yield an
+                if an._oneshots_running:
+                    await an._oneshots_done.wait()
+            except BaseException as exc:
+                # Raised again below, outside our task nursery, so the caller
+                # sees its own exception rather than an ExceptionGroup.
+                body_exc = exc
+            finally:
+                await an._teardown()
+                n.cancel_scope.cancel()
+    if body_exc is not None:
+        raise body_exc
+    unseen = an._unseen_failure()
+    if unseen is not None:
+        raise unseen

@@ -1,0 +1,68 @@
+"""Functions the runtime tests call inside actors."""
+import os
+import signal
+import sys
+
+import trio
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def count(n: int):
+    for i in range(n):
+        yield i
+
+
+async def sleep_forever() -> None:
+    await trio.sleep_forever()
+
+
+async def sleep_then_mark(path: str, seconds: float) -> None:
+    await trio.sleep(seconds)
+    with open(path, "w") as f:
+        f.write("finished")
+
+
+def boom(msg: str) -> None:
+    raise ValueError(msg)
+
+
+def exit_now(code: int) -> None:
+    sys.stdout.flush()
+    print("about to exit", file=sys.stderr, flush=True)
+    os._exit(code)
+
+
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+def unencodable() -> object:
+    return object()
+
+
+def echo(value):
+    return value
+
+
+def _socket_fds() -> list[int]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                fds.append(int(name))
+        except OSError:
+            pass
+    return fds
+
+
+def write_raw(data: bytes) -> None:
+    """A hostile actor: write bytes straight onto its IPC socket."""
+    for fd in _socket_fds():
+        os.write(fd, data)
