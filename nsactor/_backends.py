@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from ._errors import SpawnError
+
 if TYPE_CHECKING:
     from ._policy import Policy
 
@@ -47,6 +49,9 @@ class Backend(Protocol):
     async def launch(self, *, name: str, ipc_dir: str, policy: Policy, status_w: int,
                      enable_modules: list[str]) -> ChildProcess:
         """Start the actor process; ``status_w`` is the write end of its status pipe."""
+
+    def spawn_error(self, name: str, how: str, status: str, stderr: str, proc: ChildProcess) -> SpawnError:
+        """The error for an actor that died before it was ready, in its own words."""
 
     async def aclose(self) -> None:
         """Release backend-wide resources (the forkserver)."""
@@ -103,6 +108,9 @@ class TrioBackend:
             start_new_session=True,
         )
         return _TrioChild(proc)
+
+    def spawn_error(self, name: str, how: str, status: str, stderr: str, proc: ChildProcess) -> SpawnError:
+        return SpawnError(f"actor {name!r} {how} before it was ready:\n{status or stderr or '(no output)'}")
 
     async def aclose(self) -> None:
         pass

@@ -194,9 +194,8 @@ class ActorNursery:
 
             def died() -> SpawnError:
                 code, sig = ref.exit or (None, None)
-                how = f"killed by signal {sig}" if sig is not None else f"exited with status {code}"
-                text = _read_available(status_r) or ref.stderr.text().strip() or "(no output)"
-                return SpawnError(f"actor {name!r} {how} before it was ready:\n{text}")
+                how = f"was killed by signal {sig}" if sig is not None else f"exited with status {code}"
+                return backend.spawn_error(name, how, _read_available(status_r), ref.stderr.text().strip(), proc)
 
             with trio.move_on_after(timeout) as timer:
                 i, conn = await _first(lambda: listener.accept(), ref.exited.wait)

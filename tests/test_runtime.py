@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 
 import msgspec
@@ -103,7 +104,10 @@ def test_crash_mid_call_is_actor_crashed(start_method, how):
                 if how == "exit":
                     await portal.run(pkg.tasks.exit_now, code=3)
                 else:
-                    await portal.run(pkg.tasks.kill_self)
+                    # From outside: inside a pid namespace the actor is
+                    # init, which even SIGKILL from itself cannot end.
+                    threading.Timer(0.2, os.kill, (portal.pid, 9)).start()
+                    await portal.run(pkg.tasks.sleep_forever)
             if how == "exit":
                 assert info.value.exitcode == 3
                 assert "about to exit" in info.value.stderr
@@ -128,20 +132,18 @@ def test_boot_failure_is_spawn_error_with_child_text(start_method):
     run(main)
 
 
-def test_cancelling_a_remote_call_cancels_it_in_the_actor(start_method, tmp_path):
-    marker = tmp_path / "marker"
-
+def test_cancelling_a_remote_call_cancels_it_in_the_actor(start_method):
     async def main():
         async with nsactor.open_nursery(start_method=start_method) as an:
             portal = await an.start_actor("w", enable_modules=["pkg.tasks"])
             with trio.move_on_after(0.3) as scope:
-                await portal.run(pkg.tasks.sleep_then_mark, path=str(marker), seconds=1.0)
+                await portal.run(pkg.tasks.sleep_then_record, seconds=1.0)
             assert scope.cancelled_caught
             await trio.sleep(1.2)
-            assert not marker.exists(), "the remote call ran on after it was cancelled"
-            assert await portal.run(pkg.tasks.add, a=1, b=1) == 2
+            assert await portal.run(pkg.tasks.finished) == [], "the remote call ran on after it was cancelled"
+            await portal.run(pkg.tasks.sleep_then_record, seconds=0.01)
+            assert await portal.run(pkg.tasks.finished) == [0.01]
 
-    os.chmod(tmp_path, 0o777)  # a sandboxed actor may run as another uid
     run(main)
 
 
@@ -149,15 +151,17 @@ def test_cancelling_the_nursery_ends_actors(start_method):
     pids = []
 
     async def main():
-        with trio.move_on_after(0.5):
+        with trio.CancelScope() as scope:
             async with nsactor.open_nursery(start_method=start_method) as an:
                 portal = await an.start_actor("w", enable_modules=["pkg.tasks"])
                 pids.append(portal.pid)
+                scope.deadline = trio.current_time() + 0.3
                 await portal.run(pkg.tasks.sleep_forever)
+        durations.append(trio.current_time() - scope.deadline)
 
-    start = time.monotonic()
+    durations: list[float] = []
     run(main)
-    assert time.monotonic() - start < 5
+    assert durations[0] < 3, "teardown after cancellation took too long"
     assert not alive(pids[0])
 
 

@@ -1,6 +1,5 @@
 """Functions the runtime tests call inside actors."""
 import os
-import signal
 import sys
 
 import trio
@@ -19,10 +18,16 @@ async def sleep_forever() -> None:
     await trio.sleep_forever()
 
 
-async def sleep_then_mark(path: str, seconds: float) -> None:
+FINISHED = []
+
+
+async def sleep_then_record(seconds: float) -> None:
     await trio.sleep(seconds)
-    with open(path, "w") as f:
-        f.write("finished")
+    FINISHED.append(seconds)
+
+
+def finished() -> list:
+    return FINISHED
 
 
 def boom(msg: str) -> None:
@@ -33,10 +38,6 @@ def exit_now(code: int) -> None:
     sys.stdout.flush()
     print("about to exit", file=sys.stderr, flush=True)
     os._exit(code)
-
-
-def kill_self() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def getpid() -> int:
