@@ -67,6 +67,32 @@ def module_binds(enable_modules: list[str], skip: list[str]) -> list[str]:
     return paths
 
 
+def _uid_mapped(uid: int, map_file: str) -> bool:
+    """Is ``uid`` one of the ids that exist in our own user namespace?"""
+    with open(map_file) as f:
+        for line in f:
+            inside, _outside, count = (int(x) for x in line.split())
+            if inside <= uid < inside + count:
+                return True
+    return False
+
+
+def host_ids(policy: Policy) -> tuple[int, int]:
+    """The ids outside the sandbox its root maps to; fail closed where none is safe.
+
+    As root they are the policy's unprivileged ids, which must exist in our
+    user namespace (as root nested in a user namespace that maps only uid 0
+    they do not, and mapping 0 would hand the sandbox our own root).
+    """
+    uid, gid = userns.host_ids_for_caller(policy.ids.host_uid, policy.ids.host_gid)
+    if os.geteuid() == 0 and not (_uid_mapped(uid, "/proc/self/uid_map") and _uid_mapped(gid, "/proc/self/gid_map")):
+        raise SandboxUnavailable(
+            f"running as uid 0 in a user namespace where the unprivileged host ids {uid}:{gid} "
+            "(policy ids.host_uid/host_gid) are not mapped: the sandbox would have to run as this "
+            "namespace's root; map those ids into it, or run nsactor as an unprivileged user")
+    return uid, gid
+
+
 def build_plan(policy: Policy, name: str, enable_modules: list[str], ipc_dir: str,
                delays: dict[str, float] | None = None) -> fp.SpawnPlan:
     """Turn ``policy`` into the plain values the child applies."""
@@ -75,7 +101,7 @@ def build_plan(policy: Policy, name: str, enable_modules: list[str], ipc_dir: st
     for field, flag in _NS_FLAGS.items():
         if getattr(ns, field):
             flags |= flag
-    host_uid, host_gid = userns.host_ids_for_caller(policy.ids.host_uid, policy.ids.host_gid)
+    host_uid, host_gid = host_ids(policy)
     binds: list[fp.Bind] = []
     python_dirs: list[str] = []
     if policy.fs.python == "ro":
@@ -200,7 +226,7 @@ class NsForkserverBackend:
         if os.geteuid() == 0 and policy.namespaces.user:
             # The actor's root maps to an unprivileged host uid, which must
             # be able to connect to the socket in this 0700 dir.
-            host_uid, host_gid = userns.host_ids_for_caller(policy.ids.host_uid, policy.ids.host_gid)
+            host_uid, host_gid = host_ids(policy)
             os.chown(path, host_uid, host_gid)
             os.chown(os.path.join(path, "ipc.sock"), host_uid, host_gid)
 

@@ -1,9 +1,12 @@
 """pytest plugin: ``--spawn-backend`` and the ``start_method`` fixture.
 
-Runtime tests take the ``start_method`` fixture, so the whole suite runs
-under any backend: ``pytest --spawn-backend ns_forkserver``.
+Runtime tests take the ``start_method`` fixture. Without an option they run
+once per registered backend; ``pytest --spawn-backend ns_forkserver`` (or
+``$NSACTOR_START_METHOD``) runs the whole suite under one.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -15,12 +18,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--spawn-backend",
         choices=START_METHODS,
         default=None,
-        help="start method for the runtime tests (default: $NSACTOR_START_METHOD, else trio)",
+        help="run the runtime tests under this start method only (default: every one)",
     )
 
 
-@pytest.fixture
-def start_method(request: pytest.FixtureRequest) -> str:
-    import os
-
-    return request.config.getoption("--spawn-backend") or os.environ.get("NSACTOR_START_METHOD") or "trio"
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "start_method" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("--spawn-backend") or os.environ.get("NSACTOR_START_METHOD")
+        metafunc.parametrize("start_method", [chosen] if chosen else list(START_METHODS))

@@ -13,6 +13,24 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A private temp dir per session: the leak checks below then see only
+    # what this run left, even while other runs share the machine's /tmp.
+    # World-traversable, as a sandbox's unprivileged uid must reach its ipc dir.
+    session_tmp = tempfile.mkdtemp(prefix="nsactor-tests-")
+    os.chmod(session_tmp, 0o755)
+    os.environ["TMPDIR"] = tempfile.tempdir = session_tmp
+    config._nsactor_tmp = session_tmp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    session_tmp = getattr(config, "_nsactor_tmp", None)
+    if session_tmp:
+        shutil.rmtree(session_tmp, ignore_errors=True)
+
+
 def child_pids(parent: int | None = None) -> set[int]:
     """Live (non-zombie) processes whose parent is ``parent`` (default: us)."""
     parent = os.getpid() if parent is None else parent
