@@ -92,11 +92,28 @@ def add_policy(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------
+# nsactor doctor / nsactor run (implemented in _doctor.py / _run.py)
+# --------------------------------------------------------------------------
+
+
+def add_doctor(sub: argparse._SubParsersAction) -> None:
+    from ._doctor import add_doctor as add
+
+    add(sub)
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    from ._run import add_run as add
+
+    add(sub)
+
+
+# --------------------------------------------------------------------------
 # Parser and entry point
 # --------------------------------------------------------------------------
 
 #: Functions that each add one top-level command to the sub-parsers.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_policy]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_policy, add_doctor, add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:

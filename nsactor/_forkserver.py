@@ -213,6 +213,9 @@ def main() -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != root_pid:
         sys.exit(1)
+    # A terminal's Ctrl-C reaches the whole process group; the root handles
+    # it (its nursery tears the actors down) and we end when it does.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=sock_fd)
     os.set_inheritable(sock_fd, False)
     Forkserver(sock).serve()
