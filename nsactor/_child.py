@@ -136,6 +136,12 @@ def relay_main(plan: SpawnPlan, sync_w: int, sync_r: int, out_w: int, err_w: int
         step("uid switch")
         if plan.unshare_flags & os.CLONE_NEWUSER:
             userns.become_root_inside(plan.uid, plan.gid)
+            if plan.die_with_parent:
+                # Changing the effective uid/gid (as root: host 0 -> host_uid)
+                # clears PDEATHSIG: arm it again, then close the same race.
+                prctl.set_pdeathsig(signal.SIGKILL)
+                if os.getppid() != forkserver_pid:
+                    os._exit(127)
         step("fork pid 1")
         relay_pidfd = os.pidfd_open(os.getpid())
         pid = os.fork()

@@ -7,7 +7,8 @@ interpreter starts with them loaded, and it never creates a subinterpreter
 (a process that has created one crashes in later fork() children).
 
 Threads: the main thread reads requests and reaps children (via pidfds); one
-long-lived fork thread forks. PR_SET_PDEATHSIG fires when the *thread* that
+long-lived fork thread forks. A CancelSpawn kills a child still in its
+handshake at once, so a cancelled spawn never holds up the fork thread. PR_SET_PDEATHSIG fires when the *thread* that
 forked a child exits, so forking from a thread that lives as long as the
 forkserver is what makes the children's die-with-parent reliable.
 """
@@ -48,6 +49,13 @@ class Forkserver:
         self.requests: queue.Queue[tuple[fp.SpawnRequest, list[int]] | None] = queue.Queue()
         self.children: dict[int, int] = {}  # pidfd -> relay pid
         self.children_lock = threading.Lock()
+        # Cancellation (CancelSpawn, read by the main thread): requests still
+        # queued, those of them cancelled, and the one being set up with the
+        # pidfd of its relay (None until the fork thread has one).
+        self.cancel_lock = threading.Lock()
+        self.queued: set[int] = set()
+        self.cancelled: set[int] = set()
+        self.current: tuple[int, int | None] | None = None
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
 
     def send(self, msg: msgspec.Struct, fds: list[int] = ()) -> None:  # type: ignore[assignment]
@@ -62,16 +70,55 @@ class Forkserver:
     def fork_loop(self) -> None:
         while (item := self.requests.get()) is not None:
             req, fds = item
+            with self.cancel_lock:
+                self.queued.discard(req.rid)
+                skip = req.rid in self.cancelled
+                self.cancelled.discard(req.rid)
+                self.current = None if skip else (req.rid, None)
             try:
-                self.spawn(req, fds)
+                if skip:
+                    self.send(fp.SpawnFailed(rid=req.rid, error="cancelled"))
+                else:
+                    self.spawn(req, fds)
             except Exception as exc:  # never let one request stop the thread
                 self.send(fp.SpawnFailed(rid=req.rid, error=f"forkserver: {type(exc).__name__}: {exc}"))
             finally:
+                self._handshake_over(req.rid)
                 for fd in fds:
                     try:
                         os.close(fd)
                     except OSError:
                         pass
+
+    def _handshaking(self, rid: int, pidfd: int) -> None:
+        """The fork thread now waits on this child: a CancelSpawn kills it."""
+        with self.cancel_lock:
+            self.current = (rid, pidfd)
+            if rid in self.cancelled:
+                self._kill(pidfd)
+
+    def _handshake_over(self, rid: int) -> None:
+        """Before the pidfd is closed or handed on: no more killing through it here."""
+        with self.cancel_lock:
+            self.current = None
+            self.cancelled.discard(rid)
+
+    def cancel(self, rid: int) -> None:
+        """Main thread: the root gave up on ``rid``; a child past the handshake is the root's to kill."""
+        with self.cancel_lock:
+            if self.current is not None and self.current[0] == rid:
+                self.cancelled.add(rid)
+                if self.current[1] is not None:
+                    self._kill(self.current[1])
+            elif rid in self.queued:
+                self.cancelled.add(rid)
+
+    @staticmethod
+    def _kill(pidfd: int) -> None:
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def spawn(self, req: fp.SpawnRequest, fds: list[int]) -> None:
         plan = req.plan
@@ -93,6 +140,7 @@ class Forkserver:
         os.close(c2p_w)
         os.close(p2c_r)
         pidfd = os.pidfd_open(pid)
+        self._handshaking(req.rid, pidfd)
         try:
             if self._read(c2p_r, 1, pidfd) != b"U":
                 raise RuntimeError("the child died before it unshared")
@@ -108,7 +156,8 @@ class Forkserver:
                 raise RuntimeError("the child died before it forked the actor")
             (actor_pid,) = struct.unpack("=i", raw)
         except BaseException as exc:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            self._handshake_over(req.rid)
+            self._kill(pidfd)
             os.waitpid(pid, 0)
             os.close(pidfd)
             self.send(fp.SpawnFailed(rid=req.rid, error=str(exc)))
@@ -116,11 +165,38 @@ class Forkserver:
         finally:
             os.close(c2p_r)
             os.close(p2c_w)
+        self._handshake_over(req.rid)
+        actor_pidfd = self._actor_pidfd(actor_pid, pid)
         # Spawned goes out before the pidfd is watched, so Exited never precedes it.
-        self.send(fp.Spawned(rid=req.rid, relay_pid=pid, actor_pid=actor_pid), [pidfd])
+        self.send(fp.Spawned(rid=req.rid, relay_pid=pid, actor_pid=actor_pid),
+                  [pidfd] if actor_pidfd is None else [pidfd, actor_pidfd])
+        if actor_pidfd is not None:
+            os.close(actor_pidfd)
         with self.children_lock:
             self.children[pidfd] = pid
         os.write(self.wake_w, b"x")
+
+    @staticmethod
+    def _actor_pidfd(actor_pid: int, relay_pid: int) -> int | None:
+        """A pidfd of the actor, so the root can kill it directly (its PDEATHSIG
+        is armed only once it runs); None if it is already gone.
+
+        Opened by pid, so checked: a live process whose parent is the relay
+        (which forks nothing else) is the actor, not a reuse of its pid.
+        """
+        try:
+            fd = os.pidfd_open(actor_pid)
+        except OSError:
+            return None
+        try:
+            with open(f"/proc/{actor_pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            ppid = -1
+        if ppid == relay_pid and not select.select([fd], [], [], 0)[0]:
+            return fd  # still alive after the read: what we read was its
+        os.close(fd)
+        return None
 
     @staticmethod
     def _read(fd: int, n: int, pidfd: int) -> bytes:
@@ -183,6 +259,13 @@ class Forkserver:
                 os.close(fd)
             print(f"nsactor forkserver: bad request: {exc}", file=sys.stderr)
             return True
+        if isinstance(req, fp.CancelSpawn):
+            for fd in fds:
+                os.close(fd)
+            self.cancel(req.rid)
+            return True
+        with self.cancel_lock:
+            self.queued.add(req.rid)
         self.requests.put((req, fds))
         return True
 
@@ -197,6 +280,9 @@ class Forkserver:
             self.send(fp.Exited(relay_pid=pid, exitcode=os.WEXITSTATUS(status), signal=None))
 
     def kill_all(self) -> None:
+        with self.cancel_lock:
+            if self.current is not None and self.current[1] is not None:
+                self._kill(self.current[1])  # one still being set up
         with self.children_lock:
             children = dict(self.children)
         for pidfd, pid in children.items():

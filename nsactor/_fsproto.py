@@ -68,9 +68,15 @@ class SpawnRequest(msgspec.Struct, tag="spawn", frozen=True):
     plan: SpawnPlan
 
 
+class CancelSpawn(msgspec.Struct, tag="cancel", frozen=True):
+    """The root gave up on request ``rid``: kill its child if it is still being set up."""
+
+    rid: int
+
+
 # forkserver -> root
 class Spawned(msgspec.Struct, tag="spawned", frozen=True):
-    """fds: a pidfd of the relay process."""
+    """fds: a pidfd of the relay process, then (if it could be opened safely) one of the actor."""
 
     rid: int
     relay_pid: int
@@ -88,7 +94,7 @@ class Exited(msgspec.Struct, tag="exited", frozen=True):
     signal: int | None
 
 
-ToForkserver = SpawnRequest
+ToForkserver = Union[SpawnRequest, CancelSpawn]
 FromForkserver = Union[Spawned, SpawnFailed, Exited]
 
 

@@ -150,11 +150,12 @@ class _NsChild:
     """A sandboxed actor as the root sees it: the relay's pidfd and the actor's pid."""
 
     def __init__(self, backend: NsForkserverBackend, spawned: fp.Spawned, pidfd: int,
-                 stdout_r: int, stderr_r: int) -> None:
+                 stdout_r: int, stderr_r: int, actor_pidfd: int | None = None) -> None:
         self._backend = backend
         self.pid = spawned.actor_pid
         self.relay_pid = spawned.relay_pid
         self._pidfd: int | None = pidfd
+        self._actor_pidfd = actor_pidfd
         self.stdout = trio.lowlevel.FdStream(stdout_r)
         self.stderr = trio.lowlevel.FdStream(stderr_r)
         self.exited = trio.Event()
@@ -169,16 +170,22 @@ class _NsChild:
                 await self.exited.wait()
             fd, self._pidfd = self._pidfd, None
             os.close(fd)
+            if self._actor_pidfd is not None:
+                fd, self._actor_pidfd = self._actor_pidfd, None
+                os.close(fd)
             if not self.exited.is_set():
                 self.exit = (None, signal.SIGKILL)
         return self.exit
 
     def kill(self) -> None:
-        if self._pidfd is not None:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # The actor too: it dies with the relay only once it has armed its
+        # PDEATHSIG, and killing it (pid 1) ends its whole pid namespace.
+        for fd in (self._actor_pidfd, self._pidfd):
+            if fd is not None:
+                try:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
 
 class _FailedChild:
@@ -210,6 +217,10 @@ class NsForkserverBackend:
         self._children: dict[int, _NsChild] = {}
         self._dead: str | None = None
         self._start_lock = trio.Lock()
+        #: one sender at a time: a trio socket refuses a second task waiting to
+        #: write (BusyResourceError), and this one fills up (net.unix.max_dgram_qlen
+        #: requests) when many actors spawn at once
+        self._send_lock = trio.Lock()
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(fp.FromForkserver)
         self._stderr_tail = b""
@@ -236,6 +247,9 @@ class NsForkserverBackend:
             if self._dead is not None:
                 raise SpawnError(f"the forkserver is gone: {self._dead}")
             if self._proc is not None:
+                if (rc := self._proc.poll()) is not None:  # dead, before the reader noticed
+                    raise SpawnError("the forkserver is gone: it " + (
+                        f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"))
                 return
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             try:
@@ -293,6 +307,12 @@ class NsForkserverBackend:
             if self._dead is None:
                 self._dead = f"{type(exc).__name__}: {exc}"
         finally:
+            # No Exited report will come: its children die of PDEATHSIG
+            # (SIGKILL) with it; wait() still waits for each one's pidfd.
+            for child in self._children.values():
+                child.exit = (None, signal.SIGKILL)
+                child.exited.set()
+            self._children.clear()
             if self._dead is None:
                 await trio.sleep(0.05)  # let its last words reach the stderr tail
                 self._dead = "it exited" + (
@@ -312,10 +332,11 @@ class NsForkserverBackend:
         event, result = trio.Event(), []
         self._waiting[rid] = (event, result)
         try:
-            await self._sock.sendmsg(
-                [self._encoder.encode(fp.SpawnRequest(rid=rid, plan=plan))],
-                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w, status_w]))],
-            )
+            async with self._send_lock:
+                await self._sock.sendmsg(
+                    [self._encoder.encode(fp.SpawnRequest(rid=rid, plan=plan))],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [out_w, err_w, status_w]))],
+                )
         except OSError as exc:
             self._waiting.pop(rid, None)
             for fd in (out_r, err_r):
@@ -327,8 +348,12 @@ class NsForkserverBackend:
         try:
             await event.wait()
         except BaseException:
-            # Cancelled mid-spawn: whatever the forkserver answers is killed.
-            self._waiting.pop(rid, None)
+            # Cancelled mid-spawn. A child still being set up is killed by the
+            # forkserver at once (which frees its fork thread); a child it
+            # answers for anyway is killed by _kill_late. The waiter stays
+            # registered, so no answer is dropped unkilled in between.
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self._send_cancel(rid)
             trio.lowlevel.spawn_system_task(self._kill_late, rid, event, result)
             os.close(out_r)
             os.close(err_r)
@@ -342,21 +367,31 @@ class NsForkserverBackend:
             for fd in (out_r, err_r, *fds):
                 os.close(fd)
             return _FailedChild(msg.error)
-        child = _NsChild(self, msg, fds[0], out_r, err_r)
+        child = _NsChild(self, msg, fds[0], out_r, err_r, fds[1] if len(fds) > 1 else None)
         self._children[msg.relay_pid] = child
         return child
 
+    async def _send_cancel(self, rid: int) -> None:
+        if self._sock is None or self._dead is not None:
+            return
+        try:
+            async with self._send_lock:
+                await self._sock.send(self._encoder.encode(fp.CancelSpawn(rid=rid)))
+        except (OSError, trio.ClosedResourceError):
+            pass
+
     async def _kill_late(self, rid: int, event: trio.Event, result: list[Any]) -> None:
-        self._waiting[rid] = (event, result)
         with trio.move_on_after(30):
             await event.wait()
-        if result and isinstance(result[0], fp.Spawned):
-            pidfd = result[1][0]
-            try:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.close(pidfd)
+        self._waiting.pop(rid, None)
+        if result:
+            for fd in result[1]:
+                if isinstance(result[0], fp.Spawned):
+                    try:
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                os.close(fd)
 
     def spawn_error(self, name: str, how: str, status: str, stderr: str, proc: Any) -> SpawnError:
         """The root's error for a child that died before it was ready, in its own words."""
