@@ -108,12 +108,25 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     add(sub)
 
 
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    from ._bench import add_bench as add
+
+    add(sub)
+
+
+def add_selftest(sub: argparse._SubParsersAction) -> None:
+    from ._selftest import add_selftest as add
+
+    add(sub)
+
+
 # --------------------------------------------------------------------------
 # Parser and entry point
 # --------------------------------------------------------------------------
 
 #: Functions that each add one top-level command to the sub-parsers.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_policy, add_doctor, add_run]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_policy, add_doctor, add_run, add_bench,
+                                                                 add_selftest]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -114,8 +114,16 @@ class Channel:
         await self.send_frame(self.encode(msg))
 
     async def send_frame(self, frame: bytes) -> None:
-        async with self._send_lock:
+        try:
+            # Uncontended: take the lock without a pass through the scheduler
+            # (send_all is still a checkpoint).
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             await self.stream.send_all(frame)
+        finally:
+            self._send_lock.release()
 
     async def _fill(self, n: int) -> bool:
         while len(self._buf) < n:
