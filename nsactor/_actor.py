@@ -106,7 +106,7 @@ class _Actor:
                         scope.cancel()
 
 
-async def actor_main(ipc_path: str, status_fd: int | None = None) -> int:
+async def actor_main(ipc_path: str, status: list[int | None]) -> int:
     """Connect to the parent at ``ipc_path``, boot, and serve until cancelled.
 
     Returns the process exit status. Boot failures (an enabled module that
@@ -117,9 +117,11 @@ async def actor_main(ipc_path: str, status_fd: int | None = None) -> int:
     await sock.connect(ipc_path)
     chan = w.Channel(trio.SocketStream(sock), w.ToChild)
     await chan.send(w.Hello(pid=os.getpid()))
-    if status_fd is not None:
-        # Connected: from here on errors travel over the channel.
-        os.close(status_fd)
+    if status[0] is not None:
+        # Connected: from here on errors travel over the channel, and the
+        # fd number may be reused, so nothing writes to it any more.
+        os.close(status[0])
+        status[0] = None
     spec = await chan.receive()
     if not isinstance(spec, w.SpawnSpec):
         return 2
@@ -140,14 +142,14 @@ async def actor_main(ipc_path: str, status_fd: int | None = None) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Entry of a plain subprocess actor: ``python -m nsactor._actor IPC_PATH [STATUS_FD]``."""
     args = sys.argv[1:] if argv is None else argv
-    status_fd = int(args[1]) if len(args) > 1 else None
+    status: list[int | None] = [int(args[1]) if len(args) > 1 else None]
     try:
-        code = trio.run(actor_main, args[0], status_fd)
+        code = trio.run(actor_main, args[0], status)
     except BaseException:
         traceback.print_exc()
-        if status_fd is not None:
+        if status[0] is not None:
             try:
-                os.write(status_fd, traceback.format_exc().encode()[-4000:])
+                os.write(status[0], traceback.format_exc().encode()[-4000:])
             except OSError:
                 pass
         code = 1

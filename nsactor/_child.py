@@ -70,7 +70,7 @@ class _Steps:
             step, message = self.name, f"{type(exc).__name__}: {exc}"
         if self.name == "unshare" and isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.ENOSPC, errno.EINVAL, errno.EUSERS):
             unavailable, message = True, f"{message}; {_USERNS_FIX}"
-        if self.name == "mount proc" and isinstance(exc, SetupError) and exc.errno == errno.EPERM:
+        if isinstance(exc, SetupError) and exc.step == "mount /proc" and exc.errno == errno.EPERM:
             unavailable = True
             message += ("; the kernel refuses a new proc mount when the host's /proc is partly "
                         "hidden (as in some containers): run on a host with a full /proc")

@@ -127,6 +127,7 @@ class Forkserver:
         out_w, err_w, status_w = fds
         c2p_r, c2p_w = os.pipe2(os.O_CLOEXEC)
         p2c_r, p2c_w = os.pipe2(os.O_CLOEXEC)
+        forkserver_pid = os.getpid()  # the child's getppid() must be compared to this
         with warnings.catch_warnings():
             # Forking a multi-threaded process is the point here: the child
             # only runs our own single-threaded setup code.
@@ -134,7 +135,7 @@ class Forkserver:
             pid = os.fork()
         if pid == 0:
             try:
-                _child.relay_main(plan, c2p_w, p2c_r, out_w, err_w, status_w, os.getppid())
+                _child.relay_main(plan, c2p_w, p2c_r, out_w, err_w, status_w, forkserver_pid)
             finally:
                 os._exit(127)
         os.close(c2p_w)
@@ -142,7 +143,7 @@ class Forkserver:
         pidfd = os.pidfd_open(pid)
         self._handshaking(req.rid, pidfd)
         try:
-            if self._read(c2p_r, 1, pidfd) != b"U":
+            if self._read(c2p_r, 1) != b"U":
                 raise RuntimeError("the child died before it unshared")
             if plan.unshare_flags & os.CLONE_NEWUSER:
                 try:
@@ -151,7 +152,7 @@ class Forkserver:
                     os.write(p2c_w, b"X")
                     raise
             os.write(p2c_w, b"G")
-            raw = self._read(c2p_r, 4, pidfd)
+            raw = self._read(c2p_r, 4)
             if len(raw) != 4:
                 raise RuntimeError("the child died before it forked the actor")
             (actor_pid,) = struct.unpack("=i", raw)
@@ -199,8 +200,8 @@ class Forkserver:
         return None
 
     @staticmethod
-    def _read(fd: int, n: int, pidfd: int) -> bytes:
-        """Read n bytes from the child, unless it dies or takes too long."""
+    def _read(fd: int, n: int) -> bytes:
+        """Read n bytes from the child, unless it dies (EOF) or takes too long."""
         data = b""
         while len(data) < n:
             ready, _, _ = select.select([fd], [], [], HANDSHAKE_TIMEOUT)

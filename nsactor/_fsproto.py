@@ -33,7 +33,6 @@ class SpawnPlan(msgspec.Struct, frozen=True, kw_only=True):
 
     name: str
     unshare_flags: int
-    pid_ns: bool
     mount_ns: bool
     uts_ns: bool
     #: ids inside the sandbox and the host ids they map to

@@ -36,6 +36,9 @@ _NS_FLAGS = {
     "uts": os.CLONE_NEWUTS,
     "cgroup": os.CLONE_NEWCGROUP,
 }
+#: the forkserver answers a spawn request after its handshake with the child,
+#: itself bounded by 10 s; this bounds a forkserver that never answers
+FORKSERVER_ANSWER_TIMEOUT = 30.0
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
@@ -105,19 +108,18 @@ def build_plan(policy: Policy, name: str, enable_modules: list[str], ipc_dir: st
     binds: list[fp.Bind] = []
     python_dirs: list[str] = []
     if policy.fs.python == "ro":
-        python_dirs = mounts.python_bind_sources()
-        if not _under(_PACKAGE_DIR, python_dirs):
-            python_dirs.append(_PACKAGE_DIR)  # an editable install of nsactor itself
+        python_dirs = mounts.python_bind_sources()  # includes the nsactor package
         binds += [fp.Bind(p, p, False) for p in python_dirs]
     binds += [fp.Bind(p, p, False) for p in module_binds(enable_modules, python_dirs)]
     binds += [fp.Bind(b.src, b.target, False) for b in policy.fs.ro]
     binds += [fp.Bind(b.src, b.target, True) for b in policy.fs.rw]
-    sys_path = [p for p in sys.path if p] + [str(Path(_PACKAGE_DIR).parent)]
+    # An empty entry is the working directory (python -c, the REPL), where
+    # module_binds found modules: name it, as the sandbox has another cwd.
+    sys_path = [p or os.getcwd() for p in sys.path] + [str(Path(_PACKAGE_DIR).parent)]
     lim = policy.limits
     return fp.SpawnPlan(
         name=name,
         unshare_flags=flags,
-        pid_ns=ns.pid,
         mount_ns=ns.mount,
         uts_ns=ns.uts,
         uid=policy.ids.uid,
@@ -224,6 +226,7 @@ class NsForkserverBackend:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(fp.FromForkserver)
         self._stderr_tail = b""
+        self._early_exits: dict[int, tuple[int | None, int | None]] = {}
         #: test hook: seconds to sleep before named child setup steps
         self.delays: dict[str, float] = {}
 
@@ -236,9 +239,11 @@ class NsForkserverBackend:
     def prepare_ipc_dir(self, path: str, policy: Policy) -> None:
         if os.geteuid() == 0 and policy.namespaces.user:
             # The actor's root maps to an unprivileged host uid, which must
-            # be able to connect to the socket in this 0700 dir.
+            # reach and connect to the socket. Only the socket becomes its:
+            # the dir stays ours (0711), so no other process of that uid can
+            # swap the socket for its own before the actor connects.
             host_uid, host_gid = host_ids(policy)
-            os.chown(path, host_uid, host_gid)
+            os.chmod(path, 0o711)
             os.chown(os.path.join(path, "ipc.sock"), host_uid, host_gid)
 
     # -- forkserver ------------------------------------------------------------
@@ -295,6 +300,8 @@ class NsForkserverBackend:
                     if child is not None:
                         child.exit = (msg.exitcode, msg.signal)
                         child.exited.set()
+                    else:  # before launch() registered it: a child that died at once
+                        self._early_exits[msg.relay_pid] = (msg.exitcode, msg.signal)
                     continue
                 waiter = self._waiting.pop(msg.rid, None)
                 if waiter is None:
@@ -345,19 +352,28 @@ class NsForkserverBackend:
         finally:
             os.close(out_w)
             os.close(err_w)
-        try:
-            await event.wait()
-        except BaseException:
-            # Cancelled mid-spawn. A child still being set up is killed by the
-            # forkserver at once (which frees its fork thread); a child it
-            # answers for anyway is killed by _kill_late. The waiter stays
-            # registered, so no answer is dropped unkilled in between.
+        async def abandon() -> None:
+            # A child still being set up is killed by the forkserver at once
+            # (which frees its fork thread); a child it answers for anyway is
+            # killed by _kill_late. The waiter stays registered, so no answer
+            # is dropped unkilled in between.
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self._send_cancel(rid)
             trio.lowlevel.spawn_system_task(self._kill_late, rid, event, result)
             os.close(out_r)
             os.close(err_r)
-            raise
+
+        with trio.move_on_after(FORKSERVER_ANSWER_TIMEOUT) as timer:
+            try:
+                await event.wait()
+            except BaseException:
+                await abandon()
+                raise
+        if timer.cancelled_caught:
+            await abandon()
+            raise SpawnError(f"actor {name!r}: the forkserver did not answer within "
+                             f"{FORKSERVER_ANSWER_TIMEOUT:g} s (its stderr: "
+                             f"{self._stderr_tail.decode(errors='replace') or 'empty'})")
         if not result:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -368,7 +384,11 @@ class NsForkserverBackend:
                 os.close(fd)
             return _FailedChild(msg.error)
         child = _NsChild(self, msg, fds[0], out_r, err_r, fds[1] if len(fds) > 1 else None)
-        self._children[msg.relay_pid] = child
+        if (early := self._early_exits.pop(msg.relay_pid, None)) is not None:
+            child.exit = early
+            child.exited.set()
+        else:
+            self._children[msg.relay_pid] = child
         return child
 
     async def _send_cancel(self, rid: int) -> None:
@@ -385,6 +405,8 @@ class NsForkserverBackend:
             await event.wait()
         self._waiting.pop(rid, None)
         if result:
+            if isinstance(result[0], fp.Spawned):
+                self._early_exits.pop(result[0].relay_pid, None)
             for fd in result[1]:
                 if isinstance(result[0], fp.Spawned):
                     try:

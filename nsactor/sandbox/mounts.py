@@ -207,7 +207,7 @@ def build_root(*, binds: list[BindSource], tmpfs: dict[str, int], proc: bool, de
       sys, sysrq-trigger, irq and bus read-only.
     * ``dev``: "minimal" (null zero full random urandom, fd/std* links,
       /dev/shm; no tty) or "none".
-    * ``ipc_dir_fd``: O_PATH/dir fd bound writable at /run/nsactor.
+    * ``ipc_dir_fd``: O_PATH/dir fd bound read-only at /run/nsactor (connect() needs no write access to the mount).
     * ``exec_writable``: allow exec from writable binds and tmpfs.
 
     Every mount is nosuid,nodev; writable ones noexec unless exec_writable;
@@ -264,7 +264,9 @@ def build_root(*, binds: list[BindSource], tmpfs: dict[str, int], proc: bool, de
             target = root.mountpoint(IPC_DIR, True)
             _mount(f"mount {IPC_DIR}", f"/proc/self/fd/{ipc_dir_fd}", target, None, sc.MS_BIND,
                    hint="ipc dir fd must be opened after unshare(CLONE_NEWNS)")
-            _remount_bind(f"remount {IPC_DIR}", target, _SAFE | sc.MS_NOEXEC)
+            # Read-only: connecting to a socket needs no write access to
+            # its mount, and nothing else may be created in a host dir.
+            _remount_bind(f"remount {IPC_DIR}", target, _SAFE | sc.MS_NOEXEC | sc.MS_RDONLY)
 
         _pivot(root.path)
     finally:
