@@ -318,17 +318,7 @@ def _boot_probe() -> str | None:
     a file in the host directory behind /run/nsactor? Only inside a sandbox."""
     if os.getpid() != 1 or not os.path.isdir("/run/nsactor"):
         return None
-    path = "/run/nsactor/escape-boot-probe"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        return errname(exc)
-    os.close(fd)
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-    return "written"
+    return _write_attempt("/run/nsactor/escape-boot-probe")
 
 
 _BOOT_PROBE = _boot_probe()

@@ -31,10 +31,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(session_tmp, ignore_errors=True)
 
 
-def child_pids(parent: int | None = None) -> set[int]:
-    """Live (non-zombie) processes whose parent is ``parent`` (default: us)."""
-    parent = os.getpid() if parent is None else parent
-    found = set()
+def _live_parents() -> dict[int, int]:
+    """pid -> parent pid of every live (non-zombie) process."""
+    parents = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -43,8 +42,28 @@ def child_pids(parent: int | None = None) -> set[int]:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] != "Z" and int(fields[1]) == parent:
-            found.add(int(entry))
+        if fields[0] != "Z":
+            parents[int(entry)] = int(fields[1])
+    return parents
+
+
+def child_pids(parent: int | None = None) -> set[int]:
+    """Live (non-zombie) processes whose parent is ``parent`` (default: us)."""
+    parent = os.getpid() if parent is None else parent
+    return {pid for pid, ppid in _live_parents().items() if ppid == parent}
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below ``root``."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _live_parents().items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
     return found
 
 

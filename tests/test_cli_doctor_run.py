@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import alive, require, wait_gone
+from conftest import alive, descendants, require, wait_gone
 
 from nsactor import _cli, _run
 from nsactor.sandbox.userns import userns_available
@@ -227,25 +227,6 @@ def test_run_script_uncaught_exception(sandbox, tmp_path):
 # --------------------------------------------------------------------------
 
 
-def _descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.add(c)
-            todo.append(c)
-    return found
-
-
 def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -272,7 +253,7 @@ def test_run_ctrl_c_tears_the_actor_down(sandbox, tmp_path, interpreter):
                             start_new_session=True)
     try:
         assert _read_line(proc, 30) == b"ready\n"
-        family = _descendants(proc.pid)
+        family = descendants(proc.pid)
         assert len(family) >= 3, family  # forkserver, relay, actor
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
