@@ -208,9 +208,9 @@ class ActorNursery:
                     sock.close()
                     raise SpawnError(f"actor {name!r}: a process other than the actor (pid {pid}, "
                                      f"expected {proc.pid}) connected to its socket")
-                # Connected: remove the ipc dir now, before SpawnSpec makes the actor
-                # import its modules. It is bound writable at /run/nsactor, and lives on
-                # the host's disk: import-time code could fill it past every sandbox cap.
+                # Connected: the ipc dir (a host dir, bound read-only at
+                # /run/nsactor) has done its job; remove it before SpawnSpec
+                # makes the actor import its modules.
                 listener.close()
                 shutil.rmtree(ipc_dir, ignore_errors=True)
                 chan = w.Channel(trio.SocketStream(sock), w.ToParent, policy.ipc.max_frame_bytes)
