@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .sandbox.userns import read_sysctl
+
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 
 NAMESPACES = ("user", "mount", "net", "pid", "ipc", "uts", "cgroup")
@@ -237,12 +239,7 @@ def check_cgroup() -> Check:
     mounts = _mounts()
     v2 = [mp for mp, fs in mounts if fs == "cgroup2"]
     v1 = [mp for mp, fs in mounts if fs == "cgroup"]
-    controllers = ""
-    try:
-        with open("/sys/fs/cgroup/cgroup.controllers") as f:
-            controllers = f.read().strip()
-    except OSError:
-        pass
+    controllers = read_sysctl("/sys/fs/cgroup/cgroup.controllers") or ""
     if "/sys/fs/cgroup" in v2 and not v1:
         version, detail = "v2", "cgroup2 (unified) at /sys/fs/cgroup"
         if controllers:
@@ -290,12 +287,7 @@ def check_seccomp() -> Check:
                     filters = int(line.split()[1])
     except (OSError, ValueError):
         pass
-    actions = ""
-    try:
-        with open("/proc/sys/kernel/seccomp/actions_avail") as f:
-            actions = f.read().strip()
-    except OSError:
-        pass
+    actions = read_sysctl("/proc/sys/kernel/seccomp/actions_avail") or ""
     data = {"available": mode is not None, "mode": mode, "filters": filters, "actions_avail": actions.split()}
     if mode is None:
         return Check("seccomp", "seccomp", INFO, "not supported by this kernel (no Seccomp in /proc/self/status)",

@@ -122,7 +122,8 @@ print(json.dumps({"ok": True}))
 """
 
 
-def _read_sysctl(path: str) -> str | None:
+def read_sysctl(path: str) -> str | None:
+    """The stripped text of a /proc or /sys file, or None where it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -150,14 +151,14 @@ def userns_available() -> tuple[bool, str]:
     why = f"{result['stage']} failed: {result['error']}"
     hints: list[str] = []
     root = os.geteuid() == 0
-    max_ns = _read_sysctl("/proc/sys/user/max_user_namespaces")
+    max_ns = read_sysctl("/proc/sys/user/max_user_namespaces")
     if max_ns == "0":
         hints.append("user namespaces are disabled (user.max_user_namespaces=0); "
                      "enable them: sysctl -w user.max_user_namespaces=15000")
-    if not root and _read_sysctl("/proc/sys/kernel/unprivileged_userns_clone") == "0":
+    if not root and read_sysctl("/proc/sys/kernel/unprivileged_userns_clone") == "0":
         hints.append("unprivileged user namespaces are disabled (Debian kernel.unprivileged_userns_clone=0); "
                      "enable them: sysctl -w kernel.unprivileged_userns_clone=1")
-    if not root and _read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
+    if not root and read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1":
         python = os.path.realpath(sys.executable)
         hints.append(
             "Ubuntu's AppArmor restricts unprivileged user namespaces "
