@@ -36,6 +36,9 @@ class ChildProcess(Protocol):
     def kill(self) -> None:
         """SIGKILL the actor and everything it started."""
 
+    def alive(self) -> bool:
+        """Not dead yet (without waiting, without reaping)."""
+
 
 class Backend(Protocol):
     name: str
@@ -45,6 +48,9 @@ class Backend(Protocol):
 
     def prepare_ipc_dir(self, path: str, policy: Policy) -> None:
         """Make the private ipc dir reachable by the actor's uid."""
+
+    def warm_key(self, policy: Policy, enable_modules: list[str]) -> bytes:
+        """Equal for two spawns exactly when one's pre-warmed process can serve the other."""
 
     async def launch(self, *, name: str, ipc_dir: str, policy: Policy, status_w: int,
                      enable_modules: list[str]) -> ChildProcess:
@@ -71,6 +77,9 @@ class _TrioChild:
     def kill(self) -> None:
         self._proc.kill()
 
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
 
 class TrioBackend:
     """Plain subprocesses running ``python -m nsactor._actor``: no isolation.
@@ -89,9 +98,21 @@ class TrioBackend:
                 f"policy {policy.name!r} asks for namespaces, which the 'trio' backend cannot "
                 "apply; use start_method='ns_forkserver' or policy='trusted'"
             )
+        if policy.seccomp.default != "off" or policy.seccomp.deny:
+            raise PolicyError(
+                f"policy {policy.name!r} asks for a seccomp filter, which the 'trio' backend cannot "
+                'apply; set `[seccomp] default = "off"` (as the trusted policy does) or use '
+                "start_method='ns_forkserver'"
+            )
 
     def prepare_ipc_dir(self, path: str, policy: Policy) -> None:
         pass
+
+    def warm_key(self, policy: Policy, enable_modules: list[str]) -> bytes:
+        import msgspec
+
+        # The process imports enable_modules by name from this PYTHONPATH.
+        return msgspec.msgpack.encode(["trio", policy, [p or os.getcwd() for p in sys.path]])
 
     async def launch(self, *, name: str, ipc_dir: str, policy: Policy, status_w: int,
                      enable_modules: list[str]) -> ChildProcess:

@@ -12,10 +12,12 @@ import array
 import importlib.util
 import itertools
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,8 @@ import trio
 
 from . import _fsproto as fp
 from ._errors import SandboxUnavailable, SpawnError
-from ._policy import Policy, PolicyError
-from .sandbox import mounts, userns
+from ._policy import CGROUP_LIMITS, Policy, PolicyError
+from .sandbox import cgroups, mounts, seccomp, userns
 
 _NS_FLAGS = {
     "user": os.CLONE_NEWUSER,
@@ -117,6 +119,7 @@ def build_plan(policy: Policy, name: str, enable_modules: list[str], ipc_dir: st
     # module_binds found modules: name it, as the sandbox has another cwd.
     sys_path = [p or os.getcwd() for p in sys.path] + [str(Path(_PACKAGE_DIR).parent)]
     lim = policy.limits
+    sc = policy.seccomp
     return fp.SpawnPlan(
         name=name,
         unshare_flags=flags,
@@ -145,7 +148,34 @@ def build_plan(policy: Policy, name: str, enable_modules: list[str], ipc_dir: st
         interpreter=policy.interpreter,
         sys_path=sys_path,
         delays=delays or {},
+        cgroups=cgroup_plan(policy),
+        seccomp=seccomp.resolve(sc.default, sc.action, sc.errno_number, sc.allow, sc.deny, sc.log),
     )
+
+
+def cgroup_plan(policy: Policy) -> list[fp.CgroupSpec]:
+    """The actor's cgroups for ``policy.cgroup``; fail closed when a required limit cannot apply.
+
+    Makes this process's nsactor parent cgroups the first time (see
+    nsactor/sandbox/cgroups.py). ``enforce = "if_available"`` drops, with a
+    warning, each limit this host cannot apply.
+    """
+    cg = policy.cgroup
+    wanted = {f: getattr(cg, f) for f in CGROUP_LIMITS if getattr(cg, f) is not None}
+    if cg.enforce == "if_available":
+        for field in list(wanted):
+            try:
+                cgroups.prepare(**{field: wanted[field]})
+            except cgroups.CgroupUnavailable as exc:
+                del wanted[field]
+                warnings.warn(f"nsactor: policy {policy.name!r}: cgroup.{field} is not applied "
+                              f"(cgroup.enforce = \"if_available\"): {exc}", RuntimeWarning, stacklevel=2)
+    try:
+        specs = cgroups.prepare(**wanted)
+    except cgroups.CgroupUnavailable as exc:
+        raise SandboxUnavailable(f"policy {policy.name!r} sets cgroup limits ({', '.join(wanted)}) "
+                                 f"this host cannot apply: {exc}") from None
+    return [fp.CgroupSpec(s.parent, s.version, s.settings) for s in specs]
 
 
 class _NsChild:
@@ -162,6 +192,8 @@ class _NsChild:
         self.stderr = trio.lowlevel.FdStream(stderr_r)
         self.exited = trio.Event()
         self.exit: tuple[int | None, int | None] = (None, None)
+        #: what its cgroup says killed it ("memory", "pids") or ""
+        self.exit_reason = ""
 
     async def wait(self) -> tuple[int | None, int | None]:
         if self._pidfd is not None:
@@ -178,6 +210,9 @@ class _NsChild:
             if not self.exited.is_set():
                 self.exit = (None, signal.SIGKILL)
         return self.exit
+
+    def alive(self) -> bool:
+        return self._pidfd is not None and not select.select([self._pidfd], [], [], 0)[0]
 
     def kill(self) -> None:
         # The actor too: it dies with the relay only once it has armed its
@@ -204,6 +239,9 @@ class _FailedChild:
 
     def kill(self) -> None:
         pass
+
+    def alive(self) -> bool:
+        return False
 
 
 class NsForkserverBackend:
@@ -245,6 +283,11 @@ class NsForkserverBackend:
             host_uid, host_gid = host_ids(policy)
             os.chmod(path, 0o711)
             os.chown(os.path.join(path, "ipc.sock"), host_uid, host_gid)
+
+    def warm_key(self, policy: Policy, enable_modules: list[str]) -> bytes:
+        # The whole plan but the name and ipc dir: a pre-warmed process serves
+        # a spawn only if it was set up exactly as this spawn would be.
+        return self._encoder.encode(build_plan(policy, "", enable_modules, "", self.delays))
 
     # -- forkserver ------------------------------------------------------------
     async def _ensure_started(self) -> None:
@@ -299,6 +342,7 @@ class NsForkserverBackend:
                     child = self._children.pop(msg.relay_pid, None)
                     if child is not None:
                         child.exit = (msg.exitcode, msg.signal)
+                        child.exit_reason = msg.reason
                         child.exited.set()
                     else:  # before launch() registered it: a child that died at once
                         self._early_exits[msg.relay_pid] = (msg.exitcode, msg.signal)
@@ -435,6 +479,8 @@ class NsForkserverBackend:
             if self._proc.poll() is None:
                 self._proc.kill()
                 self._proc.wait()
+        # The forkserver removed its actors' cgroups; now our parent ones can go.
+        cgroups.release()
 
 
 def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:

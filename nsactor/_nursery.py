@@ -7,7 +7,7 @@ import socket
 import struct
 import tempfile
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Mapping
 
 import trio
 
@@ -16,6 +16,7 @@ from ._backends import IPC_SOCK, START_METHODS, Backend, default_start_method, m
 from ._errors import SpawnError
 from ._policy import Policy, load_policy
 from ._portal import ActorRef, Portal, func_ref
+from ._prewarm import WarmPool
 
 DEFAULT_SPAWN_TIMEOUT = 30.0
 DEFAULT_GRACE = 2.0
@@ -79,6 +80,51 @@ def _read_available(fd: int) -> str:
     return b"".join(chunks).decode(errors="replace").strip()
 
 
+class _Died(Exception):
+    """The process died before it answered its SpawnSpec; ``error`` says so in its words."""
+
+    def __init__(self, error: SpawnError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Booted:
+    """An actor process that connected and said Hello; it waits for its SpawnSpec."""
+
+    def __init__(self, ref: ActorRef, backend: Backend, status_r: int) -> None:
+        self.ref = ref
+        self.backend = backend
+        self.chan: w.Channel | None = None
+        self._status_r: int | None = status_r
+
+    def died(self) -> SpawnError:
+        """The error for this process having died before it was ready, in its own words."""
+        code, sig = self.ref.exit or (None, None)
+        how = f"was killed by signal {sig}" if sig is not None else f"exited with status {code}"
+        status = _read_available(self._status_r) if self._status_r is not None else ""
+        return self.backend.spawn_error(self.ref.name, how, status, self.ref.stderr.text().strip(), self.ref.proc)
+
+    def close_status(self) -> None:
+        if self._status_r is not None:
+            fd, self._status_r = self._status_r, None
+            os.close(fd)
+
+    def alive(self) -> bool:
+        return self.ref.exit is None and self.ref.proc.alive()
+
+    async def discard(self) -> None:
+        """Kill it and release what the root holds for it (never handed out)."""
+        with trio.CancelScope(shield=True):
+            self.ref.kill_reason = "discarded by its pool"
+            self.ref.proc.kill()
+            with trio.move_on_after(5):
+                await self.ref.exited.wait()
+            if self.chan is not None:
+                with trio.move_on_after(1):
+                    await self.chan.aclose()
+            self.close_status()
+
+
 async def _first(*fns: Callable[[], Any]) -> tuple[int, Any]:
     """Run the async callables concurrently; return (index, result) of the first to finish."""
     winner: tuple[int, Any] | None = None
@@ -109,6 +155,7 @@ class ActorNursery:
         self._oneshots: list[Portal] = []
         self._oneshots_done = trio.Event()
         self._oneshots_running = 0
+        self._pools: dict[bytes, WarmPool] = {}
 
     def _resolve(self, start_method: str | None, policy: Any) -> tuple[Backend, Policy]:
         method = start_method or self.start_method
@@ -174,11 +221,41 @@ class ActorNursery:
 
     async def _spawn(self, name: str, enable_modules: list[str], backend: Backend, policy: Policy,
                      timeout: float) -> ActorRef:
+        """A ready actor: a pre-warmed process when a pool matches, else a new one."""
+        seen: list[ActorRef] = []
+        with trio.move_on_after(timeout):
+            pool = self._pools.get(backend.warm_key(policy, enable_modules)) if self._pools else None
+            while pool is not None and (booted := await pool.take()) is not None:
+                seen.append(booted.ref)
+                try:
+                    return await self._hand_off(booted, name, enable_modules, policy)
+                except _Died:
+                    # It died in the pool before it could be seen to: it never
+                    # ran the actor's code; the next one (or a cold spawn) will.
+                    pool.replaced += 1
+                finally:
+                    pool.refill()  # after the hand-off: the refill must not delay this spawn
+            booted = await self._boot(name, enable_modules, backend, policy, seen)
+            try:
+                return await self._hand_off(booted, name, enable_modules, policy)
+            except _Died as died:
+                raise died.error from None
+        stderr = seen[-1].stderr.text() if seen else ""
+        raise SpawnError(f"actor {name!r} was not ready within {timeout:g} s:\n{stderr}")
+
+    async def _boot(self, name: str, enable_modules: list[str], backend: Backend, policy: Policy,
+                    seen: list[ActorRef] | None = None) -> _Booted:
+        """Start an actor process and wait for its Hello: it then waits for its SpawnSpec.
+
+        Everything up to here is the same for every actor of this policy (and
+        module binds), which is what lets a pool do it ahead of time.
+        """
         ipc_dir = tempfile.mkdtemp(prefix="nsactor-")
         path = os.path.join(ipc_dir, IPC_SOCK)
         listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         ref: ActorRef | None = None
+        booted: _Booted | None = None
         try:
             await listener.bind(path)
             listener.listen(1)
@@ -189,48 +266,37 @@ class ActorNursery:
             finally:
                 os.close(status_w)
             ref = ActorRef(name, proc, policy.limits.wall_timeout_s)
+            if seen is not None:
+                seen.append(ref)
             await self._n.start(ref.supervise)
             self._refs.append(ref)
-
-            def died() -> SpawnError:
-                code, sig = ref.exit or (None, None)
-                how = f"was killed by signal {sig}" if sig is not None else f"exited with status {code}"
-                return backend.spawn_error(name, how, _read_available(status_r), ref.stderr.text().strip(), proc)
-
-            with trio.move_on_after(timeout) as timer:
-                i, conn = await _first(lambda: listener.accept(), ref.exited.wait)
-                if i == 1:
-                    raise died()
-                sock = conn[0]
-                pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(
-                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
-                if pid != proc.pid:
-                    sock.close()
-                    raise SpawnError(f"actor {name!r}: a process other than the actor (pid {pid}, "
-                                     f"expected {proc.pid}) connected to its socket")
-                # Connected: the ipc dir (a host dir, bound read-only at
-                # /run/nsactor) has done its job; remove it before SpawnSpec
-                # makes the actor import its modules.
-                listener.close()
-                shutil.rmtree(ipc_dir, ignore_errors=True)
-                chan = w.Channel(trio.SocketStream(sock), w.ToParent, policy.ipc.max_frame_bytes)
-                hello = await chan.receive()
-                if not isinstance(hello, w.Hello):
-                    await self._await_exit(ref)
-                    raise died()
-                await chan.send(w.SpawnSpec(name=name, enable_modules=enable_modules,
-                                            max_frame_bytes=policy.ipc.max_frame_bytes))
-                ready = await chan.receive()
-                if isinstance(ready, w.Error) and ready.cid is None:
-                    raise SpawnError(f"actor {name!r} failed to boot: {ready.type}: {ready.message}\n{ready.traceback}")
-                if not isinstance(ready, w.Ready):
-                    await self._await_exit(ref)
-                    raise died()
-            if timer.cancelled_caught:
-                raise SpawnError(f"actor {name!r} was not ready within {timeout:g} s:\n{ref.stderr.text()}")
-            ref.attach(chan)
-            return ref
+            booted = _Booted(ref, backend, status_r)
+            i, conn = await _first(lambda: listener.accept(), ref.exited.wait)
+            if i == 1:
+                raise booted.died()
+            sock = conn[0]
+            pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            if pid != proc.pid:
+                sock.close()
+                raise SpawnError(f"actor {name!r}: a process other than the actor (pid {pid}, "
+                                 f"expected {proc.pid}) connected to its socket")
+            # Connected: the ipc dir (a host dir, bound read-only at
+            # /run/nsactor) has done its job; remove it before SpawnSpec
+            # makes the actor import its modules.
+            listener.close()
+            shutil.rmtree(ipc_dir, ignore_errors=True)
+            booted.chan = w.Channel(trio.SocketStream(sock), w.ToParent, policy.ipc.max_frame_bytes)
+            hello = await booted.chan.receive()
+            if not isinstance(hello, w.Hello):
+                await self._await_exit(ref)
+                raise booted.died()
+            return booted
         except BaseException:
+            if booted is not None:
+                booted.close_status()
+            else:
+                os.close(status_r)
             if ref is not None:
                 ref.kill_reason = "spawn failed"
                 ref.proc.kill()
@@ -238,8 +304,73 @@ class ActorNursery:
             raise
         finally:
             listener.close()
-            os.close(status_r)
             shutil.rmtree(ipc_dir, ignore_errors=True)
+
+    async def _hand_off(self, booted: _Booted, name: str, enable_modules: list[str], policy: Policy) -> ActorRef:
+        """Name a booted actor, send its SpawnSpec, wait for Ready.
+
+        Raises _Died if the process was found dead before it answered.
+        """
+        ref, chan = booted.ref, booted.chan
+        assert chan is not None
+        ref.name = name
+        try:
+            try:
+                await chan.send(w.SpawnSpec(name=name, enable_modules=enable_modules,
+                                            max_frame_bytes=policy.ipc.max_frame_bytes))
+                ready = await chan.receive()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                ready = None
+            if isinstance(ready, w.Error) and ready.cid is None:
+                raise SpawnError(f"actor {name!r} failed to boot: {ready.type}: {ready.message}\n{ready.traceback}")
+            if not isinstance(ready, w.Ready):
+                await self._await_exit(ref)
+                raise _Died(booted.died())
+            ref.attach(chan)
+            return ref
+        except BaseException:
+            ref.kill_reason = "spawn failed"
+            ref.proc.kill()
+            await self._await_exit(ref)
+            raise
+        finally:
+            booted.close_status()
+
+    async def prewarm(self, policy: str | os.PathLike[str] | Policy | None = None, n: int = 1, *,
+                      enable_modules: list[str] | tuple[str, ...] = (),
+                      start_method: str | None = None) -> None:
+        """Keep ``n`` booted actor processes ready for ``policy``; return once they are.
+
+        A later ``start_actor`` with the same policy (and start method, and
+        module binds: pass the ``enable_modules`` whose directories the
+        policy must bind) takes one, sends it its name and modules, and the
+        pool boots a replacement in the background. Each process serves one
+        actor only. ``n=0`` empties the pool. The pool ends with this
+        nursery. Raises what booting raised (SandboxUnavailable, say).
+        """
+        if n < 0:
+            raise ValueError(f"prewarm: n must be >= 0, got {n}")
+        backend, resolved = self._resolve(start_method, policy)
+        mods = list(enable_modules)
+        key = backend.warm_key(resolved, mods)
+        pool = self._pools.get(key)
+        if pool is None:
+            if n == 0:
+                return
+            label = f"prewarm-{resolved.name}"
+            pool = WarmPool(lambda name: self._boot(name, mods, backend, resolved), n, label)
+            self._pools[key] = pool
+            await self._n.start(pool.run)
+        await pool.resize(n)
+        try:
+            await pool.wait_full()
+        except BaseException:
+            self._pools.pop(key, None)
+            await pool.aclose()
+            raise
+        if n == 0:
+            self._pools.pop(key, None)
+            await pool.aclose()
 
     @staticmethod
     async def _await_exit(ref: ActorRef) -> None:
@@ -248,6 +379,9 @@ class ActorNursery:
 
     async def _teardown(self) -> None:
         with trio.CancelScope(shield=True):
+            pools, self._pools = list(self._pools.values()), {}
+            for pool in pools:
+                await pool.aclose()
             async with trio.open_nursery() as n:
                 for ref in self._refs:
                     n.start_soon(ref.shutdown, self._grace)
@@ -267,6 +401,7 @@ async def open_nursery(
     *,
     policy: str | os.PathLike[str] | Policy | None = None,
     grace: float = DEFAULT_GRACE,
+    prewarm: Mapping[str | os.PathLike[str], int] | None = None,
 ) -> AsyncIterator[ActorNursery]:
     """Open an actor nursery.
 
@@ -276,6 +411,9 @@ async def open_nursery(
     backend, ``"default"`` otherwise). When the block ends, one-shot actors
     are awaited, then every actor gets CancelActor and, after ``grace``
     seconds, SIGKILL; an exception or cancellation skips the waiting.
+
+    ``prewarm={"untrusted": 4}`` boots that many actor processes per policy
+    before the block starts (see ``ActorNursery.prewarm``).
     """
     method = start_method or default_start_method()
     if method not in START_METHODS:
@@ -285,6 +423,10 @@ async def open_nursery(
         async with trio.open_nursery() as n:
             an = ActorNursery(n, backends, method, policy, grace)
             try:
+                if prewarm:
+                    async with trio.open_nursery() as warming:
+                        for pol, count in prewarm.items():
+                            warming.start_soon(an.prewarm, pol, count)
                 yield an
                 if an._oneshots_running:
                     await an._oneshots_done.wait()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import math
 import sys
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
@@ -97,6 +96,9 @@ class ActorRef:
         self.stderr = _OutputTail(sys.stderr)
         self._dispatch_done = trio.Event()
         self._supervision = trio.CancelScope(shield=True)
+        #: the wall-clock limit runs from attach(): a pre-warmed actor's time
+        #: in its pool is not the actor's time
+        self._wall = trio.CancelScope()
 
     # -- failure ---------------------------------------------------------
     def fail(self, exc: NsactorError) -> None:
@@ -122,6 +124,8 @@ class ActorRef:
     def attach(self, chan: w.Channel) -> None:
         """The handshake is done: start dispatching messages from ``chan``."""
         self.chan = chan
+        if self.wall_timeout:
+            self._wall.deadline = trio.current_time() + self.wall_timeout
         self._attached.set()
 
     async def supervise(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -150,14 +154,15 @@ class ActorRef:
             n.cancel_scope.cancel()
 
     async def _watch(self) -> None:
-        wall = self.wall_timeout if self.wall_timeout else math.inf
-        with trio.move_on_after(wall) as scope:
+        with self._wall:
             self.exit = await self.proc.wait()
-        if scope.cancelled_caught:
-            self.kill_reason = f"wall_timeout: killed after {wall:g} s"
+        if self._wall.cancelled_caught:
+            self.kill_reason = f"wall_timeout: killed after {self.wall_timeout:g} s"
             self.proc.kill()
             with trio.CancelScope(shield=True):
                 self.exit = await self.proc.wait()
+        # What the backend knows of why it died, e.g. "memory" from its cgroup.
+        self.kill_reason = self.kill_reason or getattr(self.proc, "exit_reason", "")
         if self.chan is not None:
             # Let the dispatcher read what the actor sent before it died.
             with trio.move_on_after(0.5):

@@ -3,6 +3,8 @@
 One actor per (policy, interpreter) runs ``pkg.probes:observe`` and reports
 what it can see, write, reach and signal; the tests assert on that. The
 same file runs again as an unprivileged caller (``test_unprivileged_caller``).
+Every case also runs from a prewarm pool: a warm actor must be as isolated
+as a cold one.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from conftest import require
 from nsactor.sandbox import mounts, userns
 
 MODULE_DIR = str(Path(pkg.probes.__file__).parent)
-CASES = [("default", "main"), ("default", "subint"), ("untrusted", "main"), ("untrusted", "subint")]
+#: (policy, interpreter, how): "cold" forks the actor for the spawn, "warm" takes
+#: it from a prewarm pool, set up before the spawn knew its name
+CASES = [(p, i, how) for how in ("cold", "warm") for p in ("default", "untrusted") for i in ("main", "subint")]
 
 
 def _host_userns_ok() -> None:
@@ -45,16 +49,22 @@ def observed():
 
     async def main():
         async with nsactor.open_nursery(start_method="ns_forkserver") as an:
-            for policy_name, interp in CASES:
+            for policy_name, interp, how in CASES:
                 policy = msgspec.structs.replace(nsactor.load_policy(policy_name), interpreter=interp)
-                portal = await an.start_actor(f"{policy_name}-{interp}", enable_modules=["pkg.probes"],
+                if how == "warm":
+                    await an.prewarm(policy, 1, enable_modules=["pkg.probes"])
+                    pool = an._pools[an._backends.get("ns_forkserver").warm_key(policy, ["pkg.probes"])]
+                    taken = pool.taken
+                portal = await an.start_actor(f"{policy_name}-{interp}-{how}", enable_modules=["pkg.probes"],
                                               policy=policy)
+                if how == "warm":
+                    assert pool.taken == taken + 1, "the spawn did not take the pre-warmed process"
                 seen = await portal.run(pkg.probes.observe, host_port=listener.getsockname()[1],
                                         host_pid=os.getpid(), secret_path=secret.name,
                                         home=os.path.expanduser("~"), module_dir=MODULE_DIR)
                 seen["host_status"] = Path(f"/proc/{portal.pid}/status").read_text()
                 seen["host_pid"] = portal.pid
-                results[policy_name, interp] = seen
+                results[policy_name, interp, how] = seen
 
     try:
         trio.run(main)
@@ -66,7 +76,7 @@ def observed():
     return results
 
 
-@pytest.fixture(params=CASES, ids=[f"{p}-{i}" for p, i in CASES])
+@pytest.fixture(params=CASES, ids=["-".join(case) for case in CASES])
 def seen(request, observed):
     return observed[request.param]
 

@@ -67,3 +67,12 @@ def write_raw(data: bytes) -> None:
     """A hostile actor: write bytes straight onto its IPC socket."""
     for fd in _socket_fds():
         os.write(fd, data)
+
+
+def mark_tmp(name: str) -> bool:
+    """Leave a file in /tmp; return whether it was already there."""
+    path = os.path.join("/tmp", name)
+    existed = os.path.exists(path)
+    with open(path, "w") as f:
+        f.write("x")
+    return existed
