@@ -40,6 +40,8 @@ GOALS = [
      ">= 20k calls/s with 16 concurrent callers"),
     ("pss_per_actor", "scale_256", "pss_per_actor", "mean", "<=", 15.0,
      "PSS per actor (actor + relay, main interpreter, K=256) <= 15 MB"),
+    ("spawn_prewarm_subint_untrusted_p50", "prewarm_subint_untrusted", "spawn", "p50", "<=", 5.0,
+     "prewarmed, interpreter subint, untrusted: spawn p50 <= 5 ms"),
 ]
 
 
@@ -53,6 +55,7 @@ class _Opts:
         self.stream_small_n = 500 if quick else 20000
         self.stream_big_n = 20 if quick else 1000
         self.scale_ks = (1, 8) if quick else (1, 8, 64, 256)
+        self.burst_pool, self.burst_n = (2, 8) if quick else (8, 64)
 
 
 def _quantile(sorted_xs: list[float], q: float) -> float:
@@ -244,10 +247,11 @@ class Bench:
         return None
 
     # -- spawn latency ---------------------------------------------------------
-    async def spawn_latency(self, an, policies: dict, sandbox_ok: bool) -> None:  # type: ignore[no-untyped-def]
+    async def spawn_latency(self, an, warm_an, policies: dict, sandbox_ok: bool) -> None:  # type: ignore[no-untyped-def]
+        """``warm_an`` holds the prewarm pool: pools are per nursery, so ``an``'s cold spawns never use it."""
         opts = self.opts
 
-        def actor_spawn(label: str, policy, start_method: str):  # type: ignore[no-untyped-def]
+        def actor_spawn(label: str, policy, start_method: str, an=an):  # type: ignore[no-untyped-def]
             async def once(i: object) -> float:
                 t0 = time.perf_counter()
                 portal = await an.start_actor(f"bench-{label}-{i}", enable_modules=[ACTOR_MODULE],
@@ -259,10 +263,21 @@ class Bench:
                 return dt * 1000
             return once
 
+        def prewarmed_spawn(policy):  # type: ignore[no-untyped-def]
+            spawn = actor_spawn("prewarm", policy, "ns_forkserver", warm_an)
+
+            async def once(i: object) -> float:
+                # Untimed: the pool is full again (its refill must not load
+                # the other configurations' turns), then a timed spawn from it.
+                await warm_an.prewarm(policy, 1)
+                return await spawn(i)
+            return once
+
         configs: dict[str, object] = {"trio_trusted": actor_spawn("trio", policies["trusted"], "trio")}
         if sandbox_ok:
             for key in ("ns_main_default", "ns_main_untrusted", "ns_subint_default", "ns_subint_untrusted"):
                 configs[key] = actor_spawn(key, policies[key], "ns_forkserver")
+            configs["prewarm_subint_untrusted"] = prewarmed_spawn(policies["ns_subint_untrusted"])
         else:
             self.notes.append("user namespaces unavailable here: ns_forkserver rows are skipped")
         externals, notes = external_baselines()
@@ -285,7 +300,36 @@ class Bench:
                 times[key].append(await once(i))  # type: ignore[operator]
         for key, xs in times.items():
             self.add(summarize(key, "spawn", "ms", xs))
-            self.say(f"  spawn {key:22} p50 {self.find(key, 'spawn')['p50']:8.1f} ms")
+            self.say(f"  spawn {key:24} p50 {self.find(key, 'spawn')['p50']:8.1f} ms")
+        if "prewarm_subint_untrusted" in configs:
+            await warm_an.prewarm(policies["ns_subint_untrusted"], 0)
+
+    # -- prewarm: idle cost and a burst --------------------------------------------------
+    async def prewarm_burst(self, an, policy) -> None:  # type: ignore[no-untyped-def]
+        """``burst_n`` spawns back to back from a pool of ``burst_pool``; PSS of an idle warm process."""
+        opts = self.opts
+        await an.prewarm(policy, opts.burst_pool)
+        pool = an._pools[an._backends.get("ns_forkserver").warm_key(policy, [])]
+        pss = []
+        for booted in list(pool._ready):
+            a, r = pss_kib(booted.ref.proc.pid), pss_kib(booted.ref.proc.relay_pid)
+            if a is not None and r is not None:
+                pss.append((a + r) / 1024)
+        if pss:
+            self.add(summarize("prewarm_subint_untrusted", "pss_per_warm_process", "MB", pss))
+        times = []
+        for i in range(opts.burst_n):
+            t0 = time.perf_counter()
+            portal = await an.start_actor(f"bench-burst-{i}", enable_modules=[ACTOR_MODULE], policy=policy)
+            assert await portal.run(f"{ACTOR_MODULE}:ping") == "pong"
+            times.append((time.perf_counter() - t0) * 1000)
+            await portal.cancel_actor()
+        row = self.add(summarize("prewarm_subint_untrusted", f"burst_{opts.burst_n}_from_{opts.burst_pool}", "ms",
+                                 times, pool=opts.burst_pool, from_pool=pool.taken))
+        await an.prewarm(policy, 0)
+        self.say(f"  burst of {opts.burst_n} from a pool of {opts.burst_pool}: p50 {row['p50']:.1f} ms, "
+                 f"p90 {row['p90']:.1f} ms; idle warm process PSS "
+                 f"{(sum(pss) / len(pss)) if pss else float('nan'):.1f} MB")
 
     # -- RPC ---------------------------------------------------------------------------
     async def rpc(self, an, label: str, policy, start_method: str, full: bool) -> None:  # type: ignore[no-untyped-def]
@@ -443,6 +487,11 @@ class Bench:
                 a, b = p50(ours_key), p50(base_key)
                 if a is not None and b:
                     out[f"spawn_{ours}_vs_{base}"] = round(a / b, 4)
+        warm = p50("prewarm_subint_untrusted")
+        for base, base_key in (("cold_subint", "ns_subint_untrusted"), ("bwrap_python", "bwrap")):
+            b = p50(base_key)
+            if warm is not None and b:
+                out[f"spawn_prewarm_vs_{base}"] = round(warm / b, 4)
         a, b = self.find("ns_main_untrusted", "rpc_round_trip"), self.find("trio_trusted", "rpc_round_trip")
         if a and b:
             out["rpc_round_trip_ns_main_vs_trio"] = round(a["p50"] / b["p50"], 4)
@@ -489,12 +538,15 @@ async def run(opts: _Opts, progress: object = None) -> dict:
         bench.notes.append(f"sandbox unavailable: {why}")
     bench.notes.append(f"each spawn series follows one uncounted warm-up spawn of the same kind; "
                        f"series are interleaved round-robin, n={opts.spawn_n} each")
-    async with nsactor.open_nursery(start_method="ns_forkserver") as an:
+    async with nsactor.open_nursery(start_method="ns_forkserver") as an, \
+            nsactor.open_nursery(start_method="ns_forkserver") as warm_an:
         bench.say("spawn latency (start_actor -> first portal.run result)")
-        await bench.spawn_latency(an, policies, sandbox_ok)
+        await bench.spawn_latency(an, warm_an, policies, sandbox_ok)
         bench.say("RPC over the actor's Unix socket")
         await bench.rpc(an, "trio_trusted", policies["trusted"], "trio", full=False)
         if sandbox_ok:
+            bench.say("prewarm: a burst from a small pool (subint, untrusted)")
+            await bench.prewarm_burst(warm_an, policies["ns_subint_untrusted"])
             await bench.rpc(an, "ns_main_untrusted", policies["ns_main_untrusted"], "ns_forkserver", full=True)
             bench.say("scale: K actors spawned concurrently (main interpreter, untrusted)")
             fs = an._backends.by_name.get("ns_forkserver")
