@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 from nsactor._cli import main
 from nsactor.sandbox.userns import userns_available
@@ -41,10 +42,15 @@ def test_bench_quick_writes_schema(tmp_path, capsys):
 
     seen = {(r["name"], r["metric"]) for r in results}
     for key in ("trio_trusted", "ns_main_default", "ns_main_untrusted", "ns_subint_default",
-                "ns_subint_untrusted", "bare_python"):
+                "ns_subint_untrusted", "prewarm_subint_untrusted", "bare_python"):
         assert (key, "spawn") in seen, key
+    assert ("prewarm_subint_untrusted", "burst_8_from_2") in seen
+    assert ("prewarm_subint_untrusted", "pss_per_warm_process") in seen
+    assert isinstance(report["ratios"]["spawn_prewarm_vs_cold_subint"], float)
     assert ("ns_main_untrusted", "rpc_round_trip") in seen
     assert ("scale_8", "teardown") in seen
+    if shutil.which("bwrap"):
+        assert isinstance(report["ratios"]["spawn_prewarm_vs_bwrap_python"], float)
     for key in ("spawn_ns_main_vs_trio", "spawn_ns_subint_vs_trio"):
         assert isinstance(report["ratios"][key], float), key
     printed = capsys.readouterr().out
