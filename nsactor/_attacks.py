@@ -539,6 +539,29 @@ def tiny_unshare_elf(flags: int) -> bytes | None:
             + b"\xb8\x10\x01\x00\x00\x0f\x05"        # mov eax, 272 (unshare); syscall
             + b"\xf7\xd8\x89\xc7"                     # neg eax; mov edi, eax
             + b"\xb8\x3c\x00\x00\x00\x0f\x05")       # mov eax, 60 (exit); syscall
+    return _tiny_elf(code)
+
+
+def tiny_syscall_elf(nr: int, args: tuple[int, ...] = (), int80: bool = False) -> bytes | None:
+    """A static ELF that makes one syscall and exits with its errno (0: it returned >= 0).
+
+    ``args`` (up to 3) go to rdi, rsi, rdx as full 64-bit values; ``int80``
+    makes it through the i386 entry (``int 0x80``, number in eax) instead.
+    A seccomp kill shows as exit status -SIGSYS.
+    """
+    if platform.machine() != "x86_64":
+        return None
+    code = b"".join(reg + struct.pack("<Q", a & (2**64 - 1))
+                    for reg, a in zip((b"\x48\xbf", b"\x48\xbe", b"\x48\xba"), args))  # movabs rdi/rsi/rdx
+    code += b"\xb8" + struct.pack("<I", nr) + (b"\xcd\x80" if int80 else b"\x0f\x05")  # mov eax, nr; trap
+    code += (b"\x85\xc0\x79\x06"              # test eax, eax; jns ok
+             + b"\xf7\xd8\x89\xc7\xeb\x02"      # neg eax; mov edi, eax; jmp out
+             + b"\x31\xff"                      # ok: xor edi, edi
+             + b"\xb8\x3c\x00\x00\x00\x0f\x05")  # out: mov eax, 60 (exit); syscall
+    return _tiny_elf(code)
+
+
+def _tiny_elf(code: bytes) -> bytes:
     base, hdr = 0x400000, 64 + 56
     size = hdr + len(code)
     ehdr = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + b"\0" * 9, 2, 0x3E, 1,
@@ -671,7 +694,7 @@ def attack_cgroup_fs(ctx: dict[str, Any]) -> Result:
 
 def attack_exec_memfd(ctx: dict[str, Any]) -> Result:
     """Run a program of our own despite noexec: write it to a memfd and exec that."""
-    prog = tiny_unshare_elf(0)  # unshare(0): a no-op, exits 0
+    prog = tiny_syscall_elf(39)  # getpid: exits 0
     if prog is None:
         return skipped(f"no tiny program for {platform.machine()}")
     how, code = run_memfd(prog)
@@ -849,6 +872,199 @@ def attack_exec_setuid(ctx: dict[str, Any]) -> Result:
     if nnp == "1" and (nosuid or not found):
         return blocked(detail)
     return allowed(detail)
+
+
+# ---------------------------------------------------------------------------
+# Syscall surface (what a seccomp filter closes)
+# ---------------------------------------------------------------------------
+#
+# Each probe makes a call that is harmless even if the kernel runs it (it
+# creates an fd that is closed at once, queries, or passes arguments the
+# kernel rejects after the filter would have acted) and tells from the
+# result whether the call reached the syscall's own code: success, or an
+# error only that code gives (EINVAL, EFAULT, EBADF, ENOTTY...), is
+# "allowed"; EPERM/EACCES/ENOSYS (the filter, or a permission check) is
+# "blocked".
+
+_NR: dict[str, dict[str, int]] = {
+    "x86_64": {"ioctl": 16, "personality": 135, "keyctl": 250, "perf_event_open": 298,
+               "process_vm_readv": 310, "bpf": 321, "userfaultfd": 323, "ptrace": 101,
+               "clone": 56},
+    "aarch64": {"ioctl": 29, "personality": 92, "keyctl": 219, "perf_event_open": 241,
+                "process_vm_readv": 270, "bpf": 280, "userfaultfd": 282, "ptrace": 117,
+                "clone": 220},
+}
+# Numbers shared by every architecture (added after the tables were unified).
+_NR_COMMON = {"io_uring_setup": 425, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+              "fspick": 433, "clone3": 435, "mount_setattr": 442}
+_DENIED = (errno.EPERM, errno.EACCES, errno.ENOSYS)
+
+
+def _nr(name: str) -> int | None:
+    return _NR_COMMON.get(name) or _NR.get(platform.machine(), {}).get(name)
+
+
+def _raw(name: str, *args: int) -> tuple[int, int]:
+    """syscall(name, *args) with 64-bit arguments: (return value, errno or 0)."""
+    nr = _nr(name)
+    if nr is None:
+        raise LookupError(f"no syscall number for {name} on {platform.machine()}")
+    ctypes.set_errno(0)
+    rc = _libc.syscall(ctypes.c_long(nr), *(ctypes.c_ulong(a & (2**64 - 1)) for a in args))
+    return rc, (ctypes.get_errno() if rc == -1 else 0)
+
+
+def _fd_probe(label: str, name: str, *args: int) -> tuple[bool, str]:
+    """A call that returns an fd when allowed: close it. (reached the syscall, detail)."""
+    rc, err = _raw(name, *args)
+    if rc >= 0:
+        os.close(rc)
+        return True, f"{label}: got an fd (closed)"
+    return err not in _DENIED, f"{label}: {_errstr(err)}"
+
+
+def _probes(*probes: tuple[bool, str]) -> Result:
+    detail = ", ".join(d for _, d in probes)
+    return allowed(detail) if any(ok for ok, _ in probes) else blocked(detail)
+
+
+def attack_io_uring(ctx: dict[str, Any]) -> Result:
+    params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
+    return _probes(_fd_probe("io_uring_setup(1 entry)", "io_uring_setup", 1, ctypes.addressof(params)))
+
+
+def attack_bpf(ctx: dict[str, Any]) -> Result:
+    # BPF_MAP_CREATE of a 1-entry array map
+    attr = ctypes.create_string_buffer(struct.pack("<IIII", 2, 4, 4, 1), 128)
+    return _probes(_fd_probe("bpf(BPF_MAP_CREATE array)", "bpf", 0, ctypes.addressof(attr), 128))
+
+
+def attack_keyctl(ctx: dict[str, Any]) -> Result:
+    # KEYCTL_GET_KEYRING_ID(KEY_SPEC_USER_KEYRING, create=0): a lookup
+    rc, err = _raw("keyctl", 0, -4, 0)
+    if rc >= 0:
+        return allowed(f"keyctl(GET_KEYRING_ID, user keyring): id {rc}")
+    return _probes((err not in _DENIED, f"keyctl(GET_KEYRING_ID): {_errstr(err)}"))
+
+
+def attack_perf_event_open(ctx: dict[str, Any]) -> Result:
+    # PERF_TYPE_SOFTWARE / PERF_COUNT_SW_CPU_CLOCK of this process, disabled
+    attr = ctypes.create_string_buffer(struct.pack("<IIQ", 1, 128, 0) + b"\0" * 8
+                                       + struct.pack("<Q", 1), 128)  # size 128; flags: disabled
+    return _probes(_fd_probe("perf_event_open(sw cpu-clock, self)", "perf_event_open",
+                             ctypes.addressof(attr), 0, -1 & 0xFFFFFFFF, -1 & 0xFFFFFFFF, 0))
+
+
+def attack_userfaultfd(ctx: dict[str, Any]) -> Result:
+    # O_CLOEXEC | UFFD_USER_MODE_ONLY: what an unprivileged process may ask for
+    return _probes(_fd_probe("userfaultfd(USER_MODE_ONLY)", "userfaultfd", os.O_CLOEXEC | 1))
+
+
+def attack_process_vm_readv(ctx: dict[str, Any]) -> Result:
+    """Read our own memory through process_vm_readv (harmless: it is ours)."""
+    src = ctypes.create_string_buffer(b"probe", 8)
+    dst = ctypes.create_string_buffer(8)
+
+    class _Iov(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    local, remote = _Iov(ctypes.addressof(dst), 8), _Iov(ctypes.addressof(src), 8)
+    rc, err = _raw("process_vm_readv", os.getpid(), ctypes.addressof(local), 1, ctypes.addressof(remote), 1, 0)
+    if rc > 0:
+        return allowed(f"process_vm_readv(self): read {rc} bytes ({dst.value!r})")
+    return _probes((err not in _DENIED, f"process_vm_readv(self): {_errstr(err)}"))
+
+
+def attack_ptrace(ctx: dict[str, Any]) -> Result:
+    """PTRACE_TRACEME in a tiny program of our own (then it exits): would let our parent trace it."""
+    prog = tiny_syscall_elf(_nr("ptrace") or 0, (0,))
+    if prog is None:
+        return skipped(f"no tiny program for {platform.machine()}")
+    how, code = run_memfd(prog)
+    if code is None:
+        return blocked(f"{how} (could not run a program to try ptrace)")
+    if code == 0:
+        return allowed("ptrace(PTRACE_TRACEME): ok in a program exec'ed from a memfd")
+    return blocked(f"ptrace(PTRACE_TRACEME): {_errstr(code) if code > 0 else f'killed by signal {-code}'}")
+
+
+def attack_personality(ctx: dict[str, Any]) -> Result:
+    # 0xffffffff only queries the persona (READ_IMPLIES_EXEC etc. would be set with others)
+    rc, err = _raw("personality", 0xFFFFFFFF)
+    if rc != -1:
+        return allowed(f"personality(query): {rc:#x} (could set READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE)")
+    return blocked(f"personality(query): {_errstr(err)}")
+
+
+def attack_tiocsti_high_bits(ctx: dict[str, Any]) -> Result:
+    """ioctl(TIOCSTI | 1 << 32): the kernel drops the high half of the command, a
+    filter comparing 64 bits would not. No tty here, so ENOTTY means it got through."""
+    got = []
+    char = ctypes.create_string_buffer(b"#")
+    for cmd, label in ((termios.TIOCSTI | 1 << 32, "TIOCSTI|1<<32"), (0x541C | 0xFFFF << 48, "TIOCLINUX|0xffff<<48")):
+        _, err = _raw("ioctl", 0, cmd, ctypes.addressof(char))
+        got.append((err not in _DENIED, f"ioctl(0, {label}): {_errstr(err)}"))
+    return _probes(*got)
+
+
+def attack_clone3(ctx: dict[str, Any]) -> Result:
+    """clone3 hides its flags in memory, out of a filter's sight; a NULL struct (harmless) tells."""
+    _, err = _raw("clone3", 0, 0)
+    if err == errno.ENOSYS:
+        return blocked("clone3(NULL, 0): ENOSYS (libc falls back to clone, whose flags are checked)")
+    return allowed(f"clone3(NULL, 0): {_errstr(err)} (reached clone3)")
+
+
+def _child_clone_newuser() -> Result:
+    nr = _nr("clone")
+    if nr is None:
+        return skipped(f"no clone number for {platform.machine()}")
+    ctypes.set_errno(0)
+    # clone(CLONE_NEWUSER | SIGCHLD) with no new stack: returns twice, like fork
+    pid = _libc.syscall(ctypes.c_long(nr), ctypes.c_ulong(0x10000000 | signal.SIGCHLD),
+                        ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    if pid == 0:  # pragma: no cover - the new process
+        os._exit(0)
+    if pid < 0:
+        return blocked(f"clone(CLONE_NEWUSER): {_errstr(ctypes.get_errno())}")
+    os.waitpid(pid, 0)
+    return allowed("clone(CLONE_NEWUSER): a process in a new user namespace")
+
+
+def attack_clone_newuser(ctx: dict[str, Any]) -> Result:
+    return _in_child("_child_clone_newuser")
+
+
+def attack_mount_api(ctx: dict[str, Any]) -> Result:
+    """The new mount API: fds from fsopen/open_tree/fspick are closed; bad fds for the rest."""
+    tmpfs, tmp = ctypes.create_string_buffer(b"tmpfs"), ctypes.create_string_buffer(b"/tmp")
+    return _probes(
+        _fd_probe("fsopen(tmpfs)", "fsopen", ctypes.addressof(tmpfs), 1),
+        _fd_probe("open_tree(/tmp)", "open_tree", -100 & 0xFFFFFFFF, ctypes.addressof(tmp), 1 | 0x80000),
+        _fd_probe("fspick(/tmp)", "fspick", -100 & 0xFFFFFFFF, ctypes.addressof(tmp), 1),
+        _fd_probe("move_mount(-1)", "move_mount", -1 & 0xFFFFFFFF, 0, -1 & 0xFFFFFFFF, 0, 0),
+        _fd_probe("mount_setattr(-1)", "mount_setattr", -1 & 0xFFFFFFFF, 0, 0, 0, 0),
+    )
+
+
+def attack_foreign_arch(ctx: dict[str, Any]) -> Result:
+    """getpid through the i386 (int 0x80) and x32 entries, whose numbers mean other syscalls."""
+    parts, ran = [], False
+    for label, prog in (("i386 getpid (int 0x80)", tiny_syscall_elf(20, int80=True)),
+                        ("x32 getpid", tiny_syscall_elf(0x40000000 | 39))):
+        if prog is None:
+            return skipped(f"no tiny program for {platform.machine()}")
+        how, code = run_memfd(prog)
+        if code is None:
+            parts.append(f"{label}: {how}")
+        elif code < 0:
+            parts.append(f"{label}: killed by {signal.Signals(-code).name}")
+        elif code == 0:
+            parts.append(f"{label}: ran")
+            ran = True
+        else:
+            parts.append(f"{label}: {_errstr(code)}")
+    return (allowed if ran else blocked)(", ".join(parts))
 
 
 # ---------------------------------------------------------------------------
@@ -1109,6 +1325,20 @@ ATTACKS: dict[str, Callable[[dict[str, Any]], Result]] = {
     "regain_caps": attack_regain_caps,
     "exec_setuid": attack_exec_setuid,
     "cgroup_fs": attack_cgroup_fs,
+    # syscall surface (seccomp)
+    "io_uring": attack_io_uring,
+    "bpf": attack_bpf,
+    "keyctl": attack_keyctl,
+    "perf_event_open": attack_perf_event_open,
+    "userfaultfd": attack_userfaultfd,
+    "process_vm_readv": attack_process_vm_readv,
+    "ptrace": attack_ptrace,
+    "personality": attack_personality,
+    "tiocsti_high_bits": attack_tiocsti_high_bits,
+    "clone3": attack_clone3,
+    "clone_newuser": attack_clone_newuser,
+    "mount_api": attack_mount_api,
+    "foreign_arch": attack_foreign_arch,
     # network
     "host_loopback": attack_host_loopback,
     "peer_actor_loopback": attack_peer_actor_loopback,

@@ -31,7 +31,7 @@ import msgspec
 import prctl
 
 from ._fsproto import SetupFailure, SpawnPlan
-from .sandbox import caps, limits, mounts, net, process, userns
+from .sandbox import caps, cgroups, limits, mounts, net, process, seccomp, userns
 from .sandbox.errors import SetupError
 
 SANDBOX_IPC_SOCK = "/run/nsactor/ipc.sock"
@@ -70,6 +70,8 @@ class _Steps:
             step, message = self.name, f"{type(exc).__name__}: {exc}"
         if self.name == "unshare" and isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.ENOSPC, errno.EINVAL, errno.EUSERS):
             unavailable, message = True, f"{message}; {_USERNS_FIX}"
+        if isinstance(exc, seccomp.Unavailable):
+            unavailable = True
         if isinstance(exc, SetupError) and exc.step == "mount /proc" and exc.errno == errno.EPERM:
             unavailable = True
             message += ("; the kernel refuses a new proc mount when the host's /proc is partly "
@@ -99,7 +101,7 @@ def _read_exact(fd: int, n: int) -> bytes:
 
 
 def relay_main(plan: SpawnPlan, sync_w: int, sync_r: int, out_w: int, err_w: int, status_w: int,
-               forkserver_pid: int) -> NoReturn:
+               forkserver_pid: int, cgroup_dirs: list[str] = ()) -> NoReturn:  # type: ignore[assignment]
     """Entry of the forkserver's child. Never returns."""
     step = _Steps(plan, status_w)
     try:
@@ -123,6 +125,11 @@ def relay_main(plan: SpawnPlan, sync_w: int, sync_r: int, out_w: int, err_w: int
         if os.geteuid() == 0:
             step("setgroups")
             userns.drop_supplementary_groups()
+        if cgroup_dirs:
+            # With the host's credentials still, and before the cgroup
+            # namespace: it is rooted at the actor's own cgroup.
+            step("cgroup")
+            cgroups.join(cgroup_dirs)
         step("unshare")
         os.unshare(plan.unshare_flags)
         step("bind sources")
@@ -205,6 +212,11 @@ def actor_process(plan: SpawnPlan, sources: list[mounts.BindSource], ipc_fd: int
         step("capabilities")
         caps.drop_capabilities(plan.caps)
         caps.set_no_new_privs()
+        if plan.seccomp is not None:
+            # Last: every setup syscall is done. Single-threaded here, so
+            # the subinterpreter's thread is created under the filter.
+            step("seccomp")
+            seccomp.install(plan.seccomp)
         step("interpreter")
         sys.path[:] = plan.sys_path
         sys.dont_write_bytecode = True

@@ -256,6 +256,28 @@ def check_cgroup() -> Check:
                  {"version": version, "cgroup2_mounts": v2, "controllers": controllers.split()})
 
 
+def check_cgroup_limits() -> Check:
+    """Can [cgroup] limits (memory_max, pids_max, cpu_max) be applied, and where; if not, why."""
+    from .sandbox import cgroups
+
+    try:
+        status = cgroups.status()
+    except OSError as exc:
+        status = {f: f"unavailable: {exc}" for f in cgroups.CONTROLLER}
+    ok = {f: s.removeprefix("ok: ") for f, s in status.items() if s.startswith("ok")}
+    bad = {f: s.removeprefix("unavailable: ") for f, s in status.items() if f not in ok}
+    data = {"applicable": {f: f in ok for f in status}, "detail": status}
+    if not bad:
+        where = sorted(set(ok.values()))
+        return Check("cgroup_limits", "cgroup limits", OK, f"memory_max, pids_max, cpu_max: {'; '.join(where)}", data)
+    detail = "\n".join([f"{f}: {why}" for f, why in bad.items()] + [f"{f}: {w}" for f, w in ok.items()])
+    return Check("cgroup_limits", "cgroup limits", WARN,
+                 f"not applicable here: {', '.join(bad)} (a policy setting them with "
+                 f"[cgroup] enforce = \"require\" refuses to run)\n{detail}", data,
+                 fix="for [cgroup] limits run as root, or unprivileged under a delegated cgroup v2 subtree: "
+                     "`systemd-run --user --scope -p Delegate=yes <command>`")
+
+
 def check_landlock() -> Check:
     nr = _LANDLOCK_CREATE_RULESET.get(platform.machine())
     if nr is None:
@@ -338,7 +360,7 @@ def check_e2e() -> Check:
 def run_checks() -> list[Check]:
     checks = [check_kernel(), check_python(), check_subinterpreters(), check_userns()]
     checks += check_namespaces()
-    checks += [check_proc_mount(), check_prctl(), check_cgroup(), check_landlock(), check_seccomp(), check_e2e()]
+    checks += [check_proc_mount(), check_prctl(), check_cgroup(), check_cgroup_limits(), check_landlock(), check_seccomp(), check_e2e()]
     return checks
 
 

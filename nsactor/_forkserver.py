@@ -34,7 +34,8 @@ import pyroute2  # noqa: F401
 import trio  # noqa: F401
 
 from . import _actor, _child  # noqa: F401
-from .sandbox import userns
+# seccomp: the libseccomp binding is loaded here, before a child's root has no /usr.
+from .sandbox import cgroups, seccomp, userns  # noqa: F401
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_REQUEST = 1 << 20
@@ -48,6 +49,7 @@ class Forkserver:
         self.encoder = msgspec.msgpack.Encoder()
         self.requests: queue.Queue[tuple[fp.SpawnRequest, list[int]] | None] = queue.Queue()
         self.children: dict[int, int] = {}  # pidfd -> relay pid
+        self.cgroups: dict[int, list[str]] = {}  # relay pid -> its cgroup dirs (removed once reaped)
         self.children_lock = threading.Lock()
         # Cancellation (CancelSpawn, read by the main thread): requests still
         # queued, those of them cancelled, and the one being set up with the
@@ -125,6 +127,21 @@ class Forkserver:
         if len(fds) != 3:
             raise ValueError(f"spawn request carries {len(fds)} fds, expected 3")
         out_w, err_w, status_w = fds
+        try:
+            # Named by our pid too: another forkserver of the same root counts rids from 1 as well.
+            cg_dirs = cgroups.create([cgroups.Spec(c.parent, c.version, c.settings) for c in plan.cgroups],
+                                     f"{os.getpid()}.{req.rid}")
+        except cgroups.CgroupUnavailable as exc:
+            self.send(fp.SpawnFailed(rid=req.rid, error=str(exc)))
+            return
+        try:
+            self._fork_child(req, plan, out_w, err_w, status_w, cg_dirs)
+        except BaseException:
+            cgroups.finish(cg_dirs)  # no-op once the relay owns them
+            raise
+
+    def _fork_child(self, req: fp.SpawnRequest, plan: fp.SpawnPlan, out_w: int, err_w: int, status_w: int,
+                    cg_dirs: list[str]) -> None:
         c2p_r, c2p_w = os.pipe2(os.O_CLOEXEC)
         p2c_r, p2c_w = os.pipe2(os.O_CLOEXEC)
         forkserver_pid = os.getpid()  # the child's getppid() must be compared to this
@@ -135,7 +152,7 @@ class Forkserver:
             pid = os.fork()
         if pid == 0:
             try:
-                _child.relay_main(plan, c2p_w, p2c_r, out_w, err_w, status_w, forkserver_pid)
+                _child.relay_main(plan, c2p_w, p2c_r, out_w, err_w, status_w, forkserver_pid, cg_dirs)
             finally:
                 os._exit(127)
         os.close(c2p_w)
@@ -161,6 +178,8 @@ class Forkserver:
             self._kill(pidfd)
             os.waitpid(pid, 0)
             os.close(pidfd)
+            cgroups.finish(cg_dirs)
+            cg_dirs.clear()
             self.send(fp.SpawnFailed(rid=req.rid, error=str(exc)))
             return
         finally:
@@ -175,6 +194,8 @@ class Forkserver:
             os.close(actor_pidfd)
         with self.children_lock:
             self.children[pidfd] = pid
+            self.cgroups[pid] = list(cg_dirs)
+        cg_dirs.clear()  # reap() owns them now
         os.write(self.wake_w, b"x")
 
     @staticmethod
@@ -273,12 +294,18 @@ class Forkserver:
     def reap(self, pidfd: int) -> None:
         with self.children_lock:
             pid = self.children.pop(pidfd)
+            cg_dirs = self.cgroups.pop(pid, [])
         _, status = os.waitpid(pid, 0)
         os.close(pidfd)
+        # Read before the cgroups go: an OOM kill is why the actor died.
+        counts = cgroups.finish(cg_dirs)
         if os.WIFSIGNALED(status):
-            self.send(fp.Exited(relay_pid=pid, exitcode=None, signal=os.WTERMSIG(status)))
+            sig = os.WTERMSIG(status)
+            self.send(fp.Exited(relay_pid=pid, exitcode=None, signal=sig,
+                                reason=cgroups.exit_reason(counts, sig)))
         else:
-            self.send(fp.Exited(relay_pid=pid, exitcode=os.WEXITSTATUS(status), signal=None))
+            self.send(fp.Exited(relay_pid=pid, exitcode=os.WEXITSTATUS(status), signal=None,
+                                reason=cgroups.exit_reason(counts, None)))
 
     def kill_all(self) -> None:
         with self.cancel_lock:
@@ -292,6 +319,7 @@ class Forkserver:
                 os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+            cgroups.finish(self.cgroups.pop(pid, []))
 
 
 def main() -> None:

@@ -28,6 +28,34 @@ class Rlimits(msgspec.Struct, frozen=True):
     core_bytes: int | None = None
 
 
+class SeccompRule(msgspec.Struct, array_like=True, frozen=True):
+    """One rule: ``action`` ("deny", "allow", "enosys") for ``syscall``, always, or
+    only when ``arg`` = (index, mask, value) matches: ``args[index] & mask == value``."""
+
+    action: str
+    syscall: str
+    arg: tuple[int, int, int] | None = None
+
+
+class SeccompFilter(msgspec.Struct, frozen=True):
+    """A resolved seccomp filter (nsactor.sandbox.seccomp): ``default`` ("allow"/"deny")
+    for syscalls no rule names; "deny" means ``deny_action`` ("errno" with ``errno``,
+    "kill", "log")."""
+
+    default: str
+    deny_action: str
+    errno: int
+    rules: list[SeccompRule]
+
+
+class CgroupSpec(msgspec.Struct, array_like=True, frozen=True):
+    """One actor cgroup to create under ``parent`` (see nsactor/sandbox/cgroups.py)."""
+
+    parent: str
+    version: int
+    settings: list[tuple[str, str]]
+
+
 class SpawnPlan(msgspec.Struct, frozen=True, kw_only=True):
     """Everything the child applies, in plain values."""
 
@@ -59,6 +87,10 @@ class SpawnPlan(msgspec.Struct, frozen=True, kw_only=True):
     sys_path: list[str]
     #: test hook: seconds to sleep before each named setup step
     delays: dict[str, float] = {}
+    #: the actor's cgroups (one per hierarchy); the relay joins them before it unshares
+    cgroups: list[CgroupSpec] = []
+    #: installed last, after every setup syscall; None: no filter
+    seccomp: SeccompFilter | None = None
 
 
 # root -> forkserver (fds: stdout_w, stderr_w, status_w)
@@ -91,6 +123,8 @@ class Exited(msgspec.Struct, tag="exited", frozen=True):
     relay_pid: int
     exitcode: int | None
     signal: int | None
+    #: why, when its cgroup tells: "memory" (OOM-killed), "pids" (forks refused)
+    reason: str = ""
 
 
 ToForkserver = Union[SpawnRequest, CancelSpawn]

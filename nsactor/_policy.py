@@ -11,6 +11,7 @@ that the CLI and the sandbox set-up code can use it cheaply.
 
 from __future__ import annotations
 
+import errno as _errno
 import math
 import os
 import re
@@ -25,6 +26,7 @@ __all__ = [
     "INHERIT",
     "IPC_DIR",
     "Bind",
+    "Cgroup",
     "Fs",
     "Ids",
     "Ipc",
@@ -34,6 +36,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Process",
+    "Seccomp",
     "encode_policy",
     "load_policy",
     "loads_policy",
@@ -250,8 +253,57 @@ class Limits(_Base, kw_only=True):
     core_bytes: _Rlim0 | None = 0  # RLIMIT_CORE
 
 
+class Cgroup(_Base, kw_only=True):
+    """cgroup limits on the actor as a whole (every process it has). None = not set.
+
+    Applied in a cgroup of the actor's own, under the caller's cgroup (v2, or
+    the controller's v1 hierarchy as root); see nsactor/sandbox/cgroups.py.
+    """
+
+    memory_max: Annotated[int, msgspec.Meta(ge=1 * MiB, le=_RLIM_MAX)] | None = None  # bytes, RAM + swap
+    pids_max: Annotated[int, msgspec.Meta(ge=1, le=4194304)] | None = None  # processes and threads
+    cpu_max: Annotated[float, msgspec.Meta(ge=0.01, le=4096.0)] | None = None  # CPUs, e.g. 0.5
+    #: "require": refuse to start if a set limit cannot be applied here;
+    #: "if_available": apply what this host can, run without the rest
+    enforce: Literal["require", "if_available"] = "require"
+
+
+#: the limit fields of Cgroup (the rest says how to apply them)
+CGROUP_LIMITS = ("memory_max", "pids_max", "cpu_max")
+
+
 class Ipc(_Base, kw_only=True):
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=1 * KiB, le=1 * GiB)] = 64 * MiB
+
+
+_Syscall = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z_][a-z0-9_]*$")]
+_ErrnoName = Annotated[str, msgspec.Meta(pattern=r"^E[A-Z0-9]+$")]
+
+
+class Seccomp(_Base, kw_only=True):
+    """The syscall filter (libseccomp), installed last in the sandbox.
+
+    ``default``: "deny-list" denies the shipped list of dangerous syscalls and
+    allows the rest; "allow-list" allows the shipped list of what Python and
+    the runtime need and denies the rest; "off" installs no shipped list
+    (only ``deny``, if any). See nsactor/sandbox/seccomp.py and docs/policy.md.
+    """
+
+    default: Literal["allow-list", "deny-list", "off"] = "deny-list"
+    action: Literal["errno", "kill"] = "errno"  # what a denied syscall gets
+    errno: Annotated[int, msgspec.Meta(ge=1, le=4095)] | _ErrnoName = "EPERM"
+    allow: tuple[_Syscall, ...] = ()  # allowed whole, on top of the shipped list
+    deny: tuple[_Syscall, ...] = ()  # denied whole, on top of the shipped list
+    log: bool = False  # log denied syscalls (kernel audit log) and let them through
+
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(self, "allow", tuple(dict.fromkeys(self.allow)))
+        msgspec.structs.force_setattr(self, "deny", tuple(dict.fromkeys(self.deny)))
+
+    @property
+    def errno_number(self) -> int:
+        """``errno`` as a number (a name is looked up in the errno module)."""
+        return self.errno if isinstance(self.errno, int) else getattr(_errno, self.errno)
 
 
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -274,6 +326,8 @@ class Policy(_Base, kw_only=True):
     process: Process = msgspec.field(default_factory=Process)
     limits: Limits = msgspec.field(default_factory=Limits)
     ipc: Ipc = msgspec.field(default_factory=Ipc)
+    cgroup: Cgroup = msgspec.field(default_factory=Cgroup)
+    seccomp: Seccomp = msgspec.field(default_factory=Seccomp)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -385,6 +439,30 @@ def _validate(p: Policy) -> None:
     w = p.limits.wall_timeout_s
     if w is not None and not math.isfinite(w):
         _fail("Expected a finite number of seconds", "$.limits.wall_timeout_s")
+
+    _validate_seccomp(p.seccomp)
+
+
+def _validate_seccomp(sc: Seccomp) -> None:
+    if isinstance(sc.errno, str) and not isinstance(getattr(_errno, sc.errno, None), int):
+        _fail(f"Expected an errno name like `EPERM` or a number, got {sc.errno!r}", "$.seccomp.errno")
+    if sc.default == "off" and sc.allow:
+        _fail('Expected no `allow` entries when default is "off" (nothing is denied to allow)', "$.seccomp.allow")
+    if not (sc.allow or sc.deny):
+        return
+    from .sandbox.seccomp import is_syscall  # the libseccomp binding knows the names
+
+    for kind in ("allow", "deny"):
+        for i, name in enumerate(getattr(sc, kind)):
+            if is_syscall(name) is False:
+                _fail(f"Expected a syscall name, got {name!r} (unknown to libseccomp)", f"$.seccomp.{kind}[{i}]")
+    for i, name in enumerate(sc.deny):
+        if name in sc.allow:
+            _fail(f"Expected {name!r} in `allow` or in `deny`, not both", f"$.seccomp.deny[{i}]")
+        if name == "clone3":
+            _fail("Expected no `clone3` in `deny`: it always fails with ENOSYS so that libc falls back "
+                  "to clone, whose flags the filter checks (any other errno breaks thread creation)",
+                  f"$.seccomp.deny[{i}]")
 
 
 # --------------------------------------------------------------------------
@@ -554,7 +632,7 @@ def _toml_line(key: str, v: Any) -> str:
     if key == "umask" and isinstance(v, int) and not isinstance(v, bool):
         return line + f"0o{v:03o}"
     line += _toml_value(v)
-    if isinstance(v, int) and not isinstance(v, bool) and (key.endswith("_bytes")):
+    if isinstance(v, int) and not isinstance(v, bool) and (key.endswith("_bytes") or key == "memory_max"):
         line += _size_comment(v)
     return line
 
@@ -689,4 +767,43 @@ def _narrow(parent: Policy, child: Policy) -> Policy:
         process=process,
         limits=limits,
         ipc=Ipc(max_frame_bytes=min(parent.ipc.max_frame_bytes, child.ipc.max_frame_bytes)),
+        cgroup=Cgroup(
+            **{f: _min_opt(getattr(parent.cgroup, f), getattr(child.cgroup, f)) for f in CGROUP_LIMITS},
+            enforce="require" if "require" in (parent.cgroup.enforce, child.cgroup.enforce) else "if_available",
+        ),
+        seccomp=_narrow_seccomp(parent.seccomp, child.seccomp),
+    )
+
+
+_SECCOMP_ORDER = {"off": 0, "deny-list": 1, "allow-list": 2}
+
+
+def _seccomp_allows(sc: Seccomp, name: str) -> bool:
+    """Whether ``sc`` allows syscall ``name`` whole (argument conditions aside)."""
+    from .sandbox.seccomp import ALLOW_LIST, DENY_LIST
+
+    if name in sc.deny:
+        return False
+    if sc.default == "deny-list":
+        return name not in DENY_LIST or name in sc.allow
+    if sc.default == "allow-list":
+        return name in ALLOW_LIST or name in sc.allow
+    return True
+
+
+def _narrow_seccomp(parent: Seccomp, child: Seccomp) -> Seccomp:
+    # The shipped allow-list allows nothing the deny-list denies, so the
+    # stricter base, every `deny` of both sides and only the `allow`
+    # entries both sides allow make a filter that lets through only what
+    # both filters let through.
+    strict, loose = sorted((child, parent), key=lambda sc: -_SECCOMP_ORDER[sc.default])
+    deny = tuple(dict.fromkeys(parent.deny + child.deny))
+    allow = tuple(n for n in strict.allow if n not in deny and _seccomp_allows(loose, n))
+    return Seccomp(
+        default=strict.default,
+        action="kill" if "kill" in (parent.action, child.action) else "errno",
+        errno=child.errno if child.action == "errno" else parent.errno,
+        allow=allow,
+        deny=deny,
+        log=parent.log and child.log,
     )

@@ -111,7 +111,8 @@ def test_selftest_cli_exit_status(capsys):
 
     assert main(["selftest", "--policy", "untrusted", "--no-parent-checks", "--markdown"]) == 0
     out = capsys.readouterr().out
-    assert "| `nested_userns` | allowed (OPEN) |" in out
+    assert "| `exec_memfd` | allowed (OPEN) |" in out
+    assert "| `nested_userns` | blocked |" in out
     assert main(["selftest", "--policy", "untrusted", "--expect", "default", "--no-parent-checks"]) == 1
     out = capsys.readouterr().out
     assert "UNEXPECTED" in out and "memory_balloon" in out.split("UNEXPECTED:")[1]
