@@ -275,7 +275,8 @@ class Bench:
 
         configs: dict[str, object] = {"trio_trusted": actor_spawn("trio", policies["trusted"], "trio")}
         if sandbox_ok:
-            for key in ("ns_main_default", "ns_main_untrusted", "ns_subint_default", "ns_subint_untrusted"):
+            for key in ("ns_main_default", "ns_main_untrusted", "ns_subint_default", "ns_subint_untrusted",
+                        "ns_main_untrusted_no_seccomp", "ns_main_untrusted_no_cgroup"):
                 configs[key] = actor_spawn(key, policies[key], "ns_forkserver")
             configs["prewarm_subint_untrusted"] = prewarmed_spawn(policies["ns_subint_untrusted"])
         else:
@@ -487,6 +488,11 @@ class Bench:
                 a, b = p50(ours_key), p50(base_key)
                 if a is not None and b:
                     out[f"spawn_{ours}_vs_{base}"] = round(a / b, 4)
+        full = p50("ns_main_untrusted")
+        for without in ("no_seccomp", "no_cgroup"):
+            b = p50(f"ns_main_untrusted_{without}")
+            if full is not None and b:
+                out[f"spawn_ns_main_untrusted_vs_{without}"] = round(full / b, 4)
         warm = p50("prewarm_subint_untrusted")
         for base, base_key in (("cold_subint", "ns_subint_untrusted"), ("bwrap_python", "bwrap")):
             b = p50(base_key)
@@ -521,6 +527,7 @@ async def run(opts: _Opts, progress: object = None) -> dict:
     import msgspec
 
     import nsactor
+    from nsactor._policy import Cgroup
     from nsactor.sandbox.userns import userns_available
 
     bench = Bench(opts, progress)
@@ -533,6 +540,10 @@ async def run(opts: _Opts, progress: object = None) -> dict:
         "ns_main_untrusted": msgspec.structs.replace(base, interpreter="main"),
         "ns_subint_default": msgspec.structs.replace(default, interpreter="subint"),
         "ns_subint_untrusted": msgspec.structs.replace(base, interpreter="subint"),
+        # what the syscall filter and the cgroup limits add to a spawn
+        "ns_main_untrusted_no_seccomp": msgspec.structs.replace(
+            base, interpreter="main", seccomp=msgspec.structs.replace(base.seccomp, default="off")),
+        "ns_main_untrusted_no_cgroup": msgspec.structs.replace(base, interpreter="main", cgroup=Cgroup()),
     }
     if not sandbox_ok:
         bench.notes.append(f"sandbox unavailable: {why}")

@@ -532,11 +532,20 @@ def _load_file(path: Path, shown: str) -> Policy:
         raise PolicyError("is a directory, not a policy file", source=shown) from None
     except OSError as e:
         raise PolicyError(f"cannot read policy file: {e.strerror or e}", source=shown) from None
+    if (hit := _parsed.get((shown, raw))) is not None:
+        return hit  # Policies are frozen: one parse per file content, not one per spawn
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PolicyError(f"not valid UTF-8: {e}", source=shown) from None
-    return loads_policy(text, source=shown)
+    policy = loads_policy(text, source=shown)
+    if len(_parsed) >= 64:
+        _parsed.clear()
+    _parsed[shown, raw] = policy
+    return policy
+
+
+_parsed: dict[tuple[str, bytes], Policy] = {}
 
 
 def load_policy(name_or_path: str | os.PathLike[str] | Policy) -> Policy:
