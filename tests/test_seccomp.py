@@ -22,6 +22,7 @@ import pkg.seccomp_probes as probes
 from conftest import require
 from nsactor._policy import Policy, PolicyError, Seccomp, loads_policy, policy_to_toml
 from nsactor.sandbox import seccomp, userns
+from nsactor.sandbox.errors import SetupError
 
 MOD = "pkg.seccomp_probes"
 MARK = "EXFULL"  # the policies' errno: no call below returns it by itself
@@ -227,8 +228,13 @@ def test_trio_backend_refuses_a_filter():
 
 
 def test_shipped_lists_are_disjoint_and_known():
+    """Every name denied must be one libseccomp knows (else the child refuses to start).
+
+    An allowed name an older libseccomp does not know (the cp314 wheel
+    bundles 2.5.2, which predates futex_waitv) just stays denied.
+    """
     assert not set(seccomp.ALLOW_LIST) & set(seccomp.DENY_LIST)
-    for name in (*seccomp.ALLOW_LIST, *seccomp.DENY_LIST):
+    for name in (*seccomp.DENY_LIST, *seccomp.ENOSYS_LIST, *(n for n, _ in seccomp.CONDITIONAL_DENY)):
         assert seccomp.is_syscall(name) is not False, name
 
 
@@ -280,3 +286,13 @@ def test_narrowing_keeps_both_filters():
     assert n.seccomp == Seccomp(default="off", action="kill", deny=("sync",), log=False)
     n = P(default="off").narrow(P(default="deny-list", allow=("ptrace",)))
     assert n.seccomp.default == "deny-list" and n.seccomp.allow == ("ptrace",)
+
+
+def test_a_deny_rule_libseccomp_cannot_name_fails_closed():
+    """A deny rule for a syscall this libseccomp does not know cannot be enforced: refuse."""
+    flt = seccomp.resolve("deny-list", "errno", 1, (), (), False)
+    bad = msgspec.structs.replace(flt, rules=[*flt.rules, seccomp.SeccompRule("deny", "no_such_syscall_2026")])
+    with pytest.raises(SetupError, match="no_such_syscall_2026.*does not know"):
+        seccomp._build(bad)
+    allow = msgspec.structs.replace(bad, default="deny", rules=[seccomp.SeccompRule("allow", "no_such_syscall_2026")])
+    seccomp._build(allow)  # an allow rule it cannot name just stays denied

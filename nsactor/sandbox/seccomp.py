@@ -273,9 +273,17 @@ def _build(flt: SeccompFilter):
         raise SetupError("seccomp", f"building the filter: {exc}") from None
     for rule in flt.rules:
         act = actions[rule.action]
-        # libseccomp refuses a rule that repeats the default action; a name
-        # of another architecture has nothing to filter here.
-        if act == default or _lib.resolve_syscall(_lib.Arch.NATIVE, rule.syscall) < 0:
+        if act == default:
+            continue  # libseccomp refuses a rule that repeats the default action
+        number = _lib.resolve_syscall(_lib.Arch.NATIVE, rule.syscall)
+        if number == -1 and act != _lib.ALLOW:
+            # Unknown to this libseccomp (older than the syscall): the kernel
+            # may have it, and nothing here could block it. Fail closed.
+            raise SetupError("seccomp", f"cannot {rule.action} {rule.syscall}: the libseccomp of this "
+                             f"binding does not know it; upgrade the binding ({INSTALL_FIX})")
+        if number < 0:
+            # Another architecture's name: no such syscall here. (An allow
+            # rule libseccomp cannot name stays denied, as the default says.)
             continue
         try:
             if rule.arg is None:
