@@ -4,12 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean distro-test
 demo: $(STAMP)
 	$(PY) -m nsactor.demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite on another Debian userland (trixie: Python 3.13, sid: 3.14) in a
+# debootstrap rootfs cached under build/, as an unprivileged user; needs root.
+distro-test:
+	tests/distro/run.sh $(DISTRO)
 
 venv: $(STAMP)
 

@@ -76,6 +76,10 @@ def policy_with_script(policy: Any, path: str) -> Any:
 
 
 async def _call(policy: Any, func: str, kwargs: dict[str, Any], enable: list[str]) -> Any:
+    """Run under ``restrict_keyboard_interrupt_to_checkpoints``: Ctrl-C then
+    reaches only this (the main) task. By default trio raises it in whichever
+    task runs, which may be the one supervising the actor; its exit then goes
+    unnoticed and the teardown waits out grace + 5 s before giving up."""
     from . import open_nursery
 
     async with open_nursery(start_method=START_METHOD) as an:
@@ -93,7 +97,7 @@ def _run_function(args: argparse.Namespace) -> int:
         raise UsageError(f"expected a function reference like 'package.module:function', got {func!r}")
     kwargs = parse_kwargs(args.args)
     policy = _resolve_policy(args.policy, args.interpreter)
-    result = trio.run(_call, policy, func, kwargs, [module])
+    result = trio.run(_call, policy, func, kwargs, [module], restrict_keyboard_interrupt_to_checkpoints=True)
     try:
         encoded = msgspec.json.encode(result)
     except (TypeError, msgspec.EncodeError) as exc:
@@ -115,7 +119,8 @@ def _run_script(args: argparse.Namespace) -> int:
     policy = policy_with_script(_resolve_policy(args.policy, args.interpreter), path)
     sys.stdout.flush()
     code = trio.run(_call, policy, "nsactor._runscript:run_script",
-                    {"path": path, "argv": [path, *args.args]}, ["nsactor._runscript"])
+                    {"path": path, "argv": [path, *args.args]}, ["nsactor._runscript"],
+                    restrict_keyboard_interrupt_to_checkpoints=True)
     return int(code)
 
 
