@@ -319,7 +319,15 @@ def check_seccomp() -> Check:
     detail = f"supported; {state.get(mode, f'mode {mode}')}"
     if actions:
         detail += f"; actions: {actions}"
-    return Check("seccomp", "seccomp", INFO, detail, data)
+    from .sandbox import seccomp
+
+    ok, why = seccomp.binding_available()
+    data["binding"] = ok
+    if not ok:
+        # Policies with a [seccomp] filter (default, untrusted) fail closed without it.
+        return Check("seccomp", "seccomp", WARN, f"{detail}; no libseccomp binding: {why}", data,
+                     fix=seccomp.INSTALL_FIX)
+    return Check("seccomp", "seccomp", INFO, f"{detail}; libseccomp binding: ok", data)
 
 
 def check_e2e() -> Check:
