@@ -176,7 +176,9 @@ def _bwrap_cmd(bwrap: str) -> list[str]:
     from .sandbox.mounts import python_bind_sources
 
     cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
-           "--setenv", "PATH", "/usr/bin:/bin"]
+           "--setenv", "PATH", "/usr/bin:/bin",
+           # First: bwrap mounts in order, and a venv under /tmp must be bound over the tmpfs.
+           "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for d in ("/usr", "/lib", "/lib64", "/bin", "/etc"):
         if os.path.islink(d):
             cmd += ["--symlink", os.readlink(d), d]
@@ -185,7 +187,7 @@ def _bwrap_cmd(bwrap: str) -> list[str]:
     for d in python_bind_sources():
         if not any(d == p or d.startswith(p + "/") for p in ("/usr", "/lib", "/lib64", "/bin", "/etc")):
             cmd += ["--ro-bind", d, d]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--"]
+    cmd += ["--"]
     return cmd
 
 
