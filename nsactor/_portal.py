@@ -42,6 +42,7 @@ class _OutputTail:
         self.size = 0
         self.relayed = 0
 
+    @trio.lowlevel.enable_ki_protection  # see ActorRef.supervise
     async def drain(self, stream: trio.abc.ReceiveStream) -> None:
         try:
             while chunk := await stream.receive_some(65536):
@@ -128,11 +129,15 @@ class ActorRef:
             self._wall.deadline = trio.current_time() + self.wall_timeout
         self._attached.set()
 
+    @trio.lowlevel.enable_ki_protection
     async def supervise(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the dispatcher, the exit watcher and the output drains until the actor is gone.
 
         Shielded: cancelling the nursery must not stop us from noticing the
         actor's exit while teardown kills it. ``stop_supervising`` ends it.
+        KI-protected (with the dispatcher and the drains, their own tasks): a
+        Ctrl-C that lands here would end supervision and leave the teardown
+        waiting out its timeouts; trio delivers it to the main task instead.
         """
         with self._supervision:
             await self._supervise(task_status)
@@ -173,6 +178,7 @@ class ActorRef:
         else:
             self.fail(self.failure)
 
+    @trio.lowlevel.enable_ki_protection  # see supervise
     async def _dispatch(self) -> None:
         await self._attached.wait()
         assert self.chan is not None

@@ -81,6 +81,7 @@ class WarmPool:
                 and self._booting < MAX_PARALLEL_BOOTS)
 
     # -- tasks -------------------------------------------------------------------
+    @trio.lowlevel.enable_ki_protection  # Ctrl-C goes to the main task (see ActorRef.supervise)
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Keep ``size`` processes booted (or booting) until ``aclose``."""
         try:
@@ -102,6 +103,7 @@ class WarmPool:
         finally:
             self._done.set()
 
+    @trio.lowlevel.enable_ki_protection
     async def _fill_one(self, n: trio.Nursery, name: str) -> None:
         try:
             booted = await self._boot(name)
@@ -115,6 +117,7 @@ class WarmPool:
             self._booting -= 1
             self._pulse()
 
+    @trio.lowlevel.enable_ki_protection
     async def _watch(self, booted: _Booted, scope: trio.CancelScope) -> None:
         """Discard (and so replace) a process that dies while it waits in the pool."""
         with scope:

@@ -240,3 +240,52 @@ def test_trio_backend_refuses_sandbox_policies():
                 await an.start_actor("w", enable_modules=["pkg.tasks"], policy="untrusted")
 
     run(main)
+
+
+_CTRL_C_IN_SUPERVISION = r"""
+import signal, sys, time, trio, nsactor
+
+class CtrlCOnOutput:
+    # Called by the actor's stdout drain, a supervision task: the signal
+    # arrives while that task runs, as a Ctrl-C may at any moment.
+    def write(self, text):
+        if "ping" in text:
+            signal.raise_signal(signal.SIGINT)
+    def flush(self):
+        pass
+
+async def main():
+    async with nsactor.open_nursery(start_method=sys.argv[1], grace=20) as an:
+        portal = await an.start_actor("w", enable_modules=["pkg.tasks"])
+        print("PID", portal.pid, flush=True)
+        portal._ref.stdout.target = CtrlCOnOutput()
+        await portal.run("pkg.tasks:say", text="ping")
+        await trio.sleep(60)
+
+t0 = time.monotonic()
+try:
+    trio.run(main)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt after", round(time.monotonic() - t0, 2), flush=True)
+"""
+
+
+def test_ctrl_c_during_supervision_reaches_the_main_task(start_method):
+    """Supervision tasks are KI-protected: the teardown still sees the actor exit.
+
+    Unprotected, the KeyboardInterrupt ended the drain task's supervisor: the
+    actor's exit went unseen, the teardown waited out grace (20 s here) + 5 s,
+    and the interrupt came out wrapped in an exception group.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_IN_SUPERVISION, start_method], capture_output=True,
+                          text=True, timeout=50, cwd=here, env={**os.environ, "PYTHONPATH": str(here)})
+    out = proc.stdout
+    assert "KeyboardInterrupt after" in out, out + proc.stderr[-3000:]
+    assert float(out.split("KeyboardInterrupt after")[1].split()[0]) < 15, out
+    pid = int(out.split("PID")[1].split()[0])
+    assert not alive(pid)

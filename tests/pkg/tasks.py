@@ -76,3 +76,7 @@ def mark_tmp(name: str) -> bool:
     with open(path, "w") as f:
         f.write("x")
     return existed
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
