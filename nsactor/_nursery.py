@@ -298,9 +298,7 @@ class ActorNursery:
             else:
                 os.close(status_r)
             if ref is not None:
-                ref.kill_reason = "spawn failed"
-                ref.proc.kill()
-                await self._await_exit(ref)
+                await self._abort(ref)
             raise
         finally:
             listener.close()
@@ -329,9 +327,7 @@ class ActorNursery:
             ref.attach(chan)
             return ref
         except BaseException:
-            ref.kill_reason = "spawn failed"
-            ref.proc.kill()
-            await self._await_exit(ref)
+            await self._abort(ref)
             raise
         finally:
             booted.close_status()
@@ -371,6 +367,13 @@ class ActorNursery:
         if n == 0:
             self._pools.pop(key, None)
             await pool.aclose()
+
+    @classmethod
+    async def _abort(cls, ref: ActorRef) -> None:
+        """Kill an actor whose spawn failed and wait (bounded) for its exit."""
+        ref.kill_reason = "spawn failed"
+        ref.proc.kill()
+        await cls._await_exit(ref)
 
     @staticmethod
     async def _await_exit(ref: ActorRef) -> None:
